@@ -1,0 +1,80 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+use sleep_dashboard::app::{RunningServer, ServerConfig};
+use sleep_dashboard::auth::ViewerKeys;
+use sleep_dashboard::config::{Cli, Command, LinkArgs, ServeArgs, require};
+use sleep_dashboard::report::live_path;
+use sleep_dashboard::signal::shutdown_signal;
+use sleep_dashboard::{demo, send};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Link(args) => link(&args).map(|url| println!("{url}")),
+        Command::Send(args) => send::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let api_key = require("ASLEEP_API_KEY", "--api-key", args.api_key.as_deref())?;
+    let secret = args.secret.require()?;
+    let config = ServerConfig {
+        database: args.database.clone(),
+        durability: args.durability,
+        api_keys: vec![api_key.to_string()],
+        dashboard_secret: secret.to_string(),
+        static_dir: args.static_dir.clone(),
+    };
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
+    let mut server = RunningServer::start(config, listener)
+        .await
+        .map_err(|error| format!("cannot open the database {}: {error}", args.database.display()))?;
+    tracing::info!(
+        address = %server.addr,
+        database = %args.database.display(),
+        "listening; POST deliveries to /asleep-webhook, print viewer links with `sleep-dashboard link --user USER`"
+    );
+
+    tokio::select! {
+        () = shutdown_signal() => {
+            tracing::info!("shutting down");
+            server.shutdown().await;
+            Ok(())
+        }
+        result = server.wait() => result.map_err(|error| format!("server stopped: {error}")),
+    }
+}
+
+fn link(args: &LinkArgs) -> Result<String, String> {
+    let secret = args.secret.require()?;
+    let ttl = chrono::Duration::from_std(args.ttl).map_err(|_| format!("--ttl {:?} is too long", args.ttl))?;
+    let expires_at = (chrono::Utc::now() + ttl).timestamp();
+    let token = ViewerKeys::new(secret).issue(&args.user, expires_at);
+    Ok(format!(
+        "{}{}?token={token}",
+        args.public_url.trim_end_matches('/'),
+        live_path(&args.user)
+    ))
+}

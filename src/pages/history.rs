@@ -1,0 +1,211 @@
+//! `GET /users/{user_id}`: a user's nights, newest first.
+
+use askama::Template;
+use axum::extract::{Path, State};
+use axum::response::Html;
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+
+use super::{PageError, ViewerToken, error::render_failed, with_token};
+use crate::app::AppState;
+use crate::report::{
+    Headline, Source, format_clock, format_date, format_duration, format_percent, live_path, parse_zone, report_path,
+};
+use crate::storage::SessionEntry;
+
+/// One night in the list.
+#[derive(Debug, Clone, PartialEq)]
+struct NightRow {
+    session_id: String,
+    report_href: String,
+    complete: bool,
+    /// The date the night began, in the session's zone when known.
+    date: String,
+    /// Start clock time with the zone's abbreviation, or for a night in
+    /// progress when its first results arrived.
+    start: String,
+    duration: Option<String>,
+    efficiency: Option<String>,
+    efficiency_source: Option<Source>,
+    /// Start of the night in Unix milliseconds, which orders the list.
+    sort_key: i64,
+}
+
+impl NightRow {
+    fn new(user_id: &str, entry: &SessionEntry, token: &str) -> Self {
+        let report_href = with_token(&report_path(user_id, &entry.session_id), token);
+        let Some(report) = &entry.report else {
+            // Before the final report neither the start nor the zone is
+            // known, so the row shows when the first results arrived, in UTC.
+            let first_seen = DateTime::<Utc>::from_timestamp_millis(entry.first_seen_ms).unwrap_or_default();
+            return Self {
+                session_id: entry.session_id.clone(),
+                report_href,
+                complete: false,
+                date: format_date(&first_seen, Tz::UTC),
+                start: format!("first results at {} UTC", format_clock(&first_seen, Tz::UTC)),
+                duration: None,
+                efficiency: None,
+                efficiency_source: None,
+                sort_key: entry.first_seen_ms,
+            };
+        };
+
+        let zone = parse_zone(&report.timezone);
+        let headline = Headline::from_report(report);
+        let stat = report.stat.as_ref();
+        let time_in_bed = stat
+            .and_then(|stat| stat.time_in_bed)
+            .map(|seconds| seconds.round() as i64)
+            .or(headline.time_in_bed_seconds);
+        let efficiency = match stat.and_then(|stat| stat.sleep_efficiency) {
+            Some(percent) => Some((percent, Source::Asleep)),
+            None => headline
+                .sleep_efficiency_percent
+                .map(|percent| (percent, Source::Hypnogram)),
+        };
+        Self {
+            session_id: entry.session_id.clone(),
+            report_href,
+            complete: true,
+            date: format_date(&report.start_time, zone),
+            start: report.start_time.with_timezone(&zone).format("%H:%M %Z").to_string(),
+            duration: time_in_bed.map(format_duration),
+            efficiency: efficiency.map(|(percent, _)| format_percent(percent)),
+            efficiency_source: efficiency.map(|(_, source)| source),
+            sort_key: report.start_time.timestamp_millis(),
+        }
+    }
+
+    fn efficiency_from_hypnogram(&self) -> bool {
+        self.efficiency_source == Some(Source::Hypnogram)
+    }
+}
+
+/// Orders nights by their start, newest first. The storage lists sessions
+/// by the arrival of their first event. A final report names the real
+/// start, which orders a night differently when its first results were lost.
+fn rows(user_id: &str, entries: &[SessionEntry], token: &str) -> Vec<NightRow> {
+    let mut rows: Vec<NightRow> = entries
+        .iter()
+        .map(|entry| NightRow::new(user_id, entry, token))
+        .collect();
+    rows.sort_by_key(|row| std::cmp::Reverse(row.sort_key));
+    rows
+}
+
+#[derive(Template)]
+#[template(path = "history.html")]
+struct HistoryPage {
+    user_id: String,
+    nights: Vec<NightRow>,
+    live_href: String,
+}
+
+impl HistoryPage {
+    fn any_from_hypnogram(&self) -> bool {
+        self.nights.iter().any(NightRow::efficiency_from_hypnogram)
+    }
+}
+
+/// Serves the list of a user's nights.
+pub async fn page(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+    ViewerToken(token): ViewerToken,
+) -> Result<Html<String>, PageError> {
+    state.authorize_viewer(&user_id, token.as_deref())?;
+    let token = token.unwrap_or_default();
+    let entries = state.store.sessions(&user_id).await?;
+    Ok(Html(render(&user_id, &entries, &token)?))
+}
+
+fn render(user_id: &str, entries: &[SessionEntry], token: &str) -> Result<String, PageError> {
+    let page = HistoryPage {
+        user_id: user_id.to_string(),
+        nights: rows(user_id, entries, token),
+        live_href: with_token(&live_path(user_id), token),
+    };
+    Ok(page.render().map_err(render_failed)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payload::{Delivery, FinalReport, parse_delivery};
+
+    fn fixture_report(name: &str, user_id: &str) -> FinalReport {
+        let path = format!("{}/tests/fixtures/single/{name}", env!("CARGO_MANIFEST_DIR"));
+        let body = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        match parse_delivery(&body, user_id).unwrap() {
+            Delivery::SessionComplete(report) => *report,
+            other => panic!("expected a final report, got {other:?}"),
+        }
+    }
+
+    fn entry(session_id: &str, first_seen: &str, report: Option<FinalReport>) -> SessionEntry {
+        let first_seen_ms = DateTime::parse_from_rfc3339(first_seen).unwrap().timestamp_millis();
+        SessionEntry {
+            session_id: session_id.to_string(),
+            first_seen_ms,
+            last_seen_ms: first_seen_ms,
+            report,
+        }
+    }
+
+    #[test]
+    fn nights_are_newest_first() {
+        let flat = fixture_report("session-flat.json", "user123");
+        let mut older = flat.clone();
+        older.session_id = "older".into();
+        older.start_time = DateTime::parse_from_rfc3339("2024-01-10T22:00:00+00:00").unwrap();
+        older.end_time = None;
+        let entries = [
+            // Listed first by arrival, but its report names an earlier start.
+            entry("older", "2024-01-25T00:00:00Z", Some(older)),
+            entry("in-progress", "2024-01-22T21:00:00Z", None),
+            entry("session123", "2024-01-20T22:01:00Z", Some(flat)),
+        ];
+        let rows = rows("user123", &entries, "t");
+        let order: Vec<&str> = rows.iter().map(|row| row.session_id.as_str()).collect();
+        assert_eq!(order, ["in-progress", "session123", "older"]);
+        assert_eq!(rows[0].start, "first results at 21:00 UTC");
+        assert_eq!(rows[0].duration, None);
+
+        let html = render("user123", &entries, "t").unwrap();
+        let positions: Vec<usize> = order
+            .iter()
+            .map(|id| html.find(&format!(r#"data-session-id="{id}""#)).unwrap())
+            .collect();
+        assert!(positions.windows(2).all(|pair| pair[0] < pair[1]), "{positions:?}");
+    }
+
+    #[test]
+    fn night_row_shows_date_duration_and_efficiency() {
+        let report = fixture_report("session-enveloped.json", "G-20261101-demo-user-0001");
+        let entries = [entry(&report.session_id.clone(), "2026-11-20T14:48:00Z", Some(report))];
+        let row = &rows("G-20261101-demo-user-0001", &entries, "t")[0];
+        assert_eq!(row.date, "Fri 20 Nov 2026");
+        assert_eq!(row.start, "23:47 KST");
+        assert_eq!(row.duration.as_deref(), Some("7 h 30 min"));
+        assert_eq!(row.efficiency.as_deref(), Some("92%"));
+        assert_eq!(
+            row.report_href,
+            "/users/G-20261101-demo-user-0001/sessions/20261120872578_72109?token=t"
+        );
+    }
+
+    #[test]
+    fn empty_history_is_friendly() {
+        let html = render("nobody", &[], "t").unwrap();
+        assert!(html.contains(r#"id="no-nights""#));
+        assert!(!html.contains(r#"id="nights""#));
+    }
+
+    #[test]
+    fn user_id_is_escaped() {
+        let html = render("<script>alert(1)</script>", &[], "t").unwrap();
+        assert!(!html.contains("<script>alert(1)</script>"));
+        assert!(html.contains("&#60;script&#62;alert(1)&#60;/script&#62;"));
+    }
+}

@@ -1,0 +1,134 @@
+//! `GET /users/{user_id}/live`: the live page. The server renders an empty
+//! frame; `static/live.js` opens the WebSocket and draws the night.
+
+use askama::Template;
+use axum::extract::{Path, State};
+use axum::response::Html;
+use serde::Serialize;
+
+use super::{PageError, ViewerToken, error::render_failed, with_token};
+use crate::app::AppState;
+use crate::hypnogram::{Hypnogram, Svg};
+use crate::report::{history_path, query_value};
+
+/// Settings of `static/live.js`, read from the page's
+/// `<script type="application/json" id="live-config">`.
+#[derive(Debug, Serialize)]
+struct LiveConfig<'a> {
+    user_id: &'a str,
+    token: &'a str,
+    /// Path and query of the viewer socket; the script adds the scheme and
+    /// host of the page.
+    ws_path: String,
+}
+
+/// JSON that is safe inside a `<script>` element: `<`, `>` and `&` are
+/// written as `\u003c`, `\u003e` and `\u0026`, so no value can close the
+/// element or open a comment, and the HTML parser leaves the text alone.
+struct ScriptJson(String);
+
+impl ScriptJson {
+    fn new(value: &impl Serialize) -> Result<Self, serde_json::Error> {
+        let json = serde_json::to_string(value)?;
+        // JSON contains these characters only inside strings, where the
+        // escapes decode to the same characters.
+        Ok(Self(
+            json.replace('<', "\\u003c")
+                .replace('>', "\\u003e")
+                .replace('&', "\\u0026"),
+        ))
+    }
+}
+
+impl std::fmt::Display for ScriptJson {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+impl askama::filters::HtmlSafe for ScriptJson {}
+
+#[derive(Template)]
+#[template(path = "live.html")]
+struct LivePage {
+    user_id: String,
+    config: ScriptJson,
+    hypnogram: Svg,
+    history_href: String,
+}
+
+/// Serves the live page of one user.
+pub async fn page(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+    ViewerToken(token): ViewerToken,
+) -> Result<Html<String>, PageError> {
+    state.authorize_viewer(&user_id, token.as_deref())?;
+    let token = token.unwrap_or_default();
+    Ok(Html(render(&user_id, &token)?))
+}
+
+fn render(user_id: &str, token: &str) -> Result<String, PageError> {
+    let config = LiveConfig {
+        user_id,
+        token,
+        ws_path: format!("/ws?user={}&token={}", query_value(user_id), query_value(token)),
+    };
+    let config = ScriptJson::new(&config)
+        .map_err(|error| crate::error::AppError::Internal(format!("serializing the live config failed: {error}")))?;
+    let page = LivePage {
+        user_id: user_id.to_string(),
+        config,
+        hypnogram: Hypnogram {
+            sleep_stages: &[],
+            snoring_stages: &[],
+            clock: None,
+            start_estimated: true,
+            title: format!("Live hypnogram of user {user_id}"),
+        }
+        .render(),
+        history_href: with_token(&history_path(user_id), token),
+    };
+    Ok(page.render().map_err(render_failed)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_json(html: &str) -> &str {
+        let start = html
+            .find(r#"<script type="application/json" id="live-config">"#)
+            .unwrap()
+            + 49;
+        &html[start..start + html[start..].find("</script>").unwrap()]
+    }
+
+    #[test]
+    fn live_page_carries_config_as_json() {
+        let html = render("G-2026/x y", "v1.1.abc").unwrap();
+        let config: serde_json::Value = serde_json::from_str(config_json(&html)).unwrap();
+        assert_eq!(config["user_id"], "G-2026/x y");
+        assert_eq!(config["token"], "v1.1.abc");
+        assert_eq!(config["ws_path"], "/ws?user=G-2026%2Fx%20y&token=v1.1.abc");
+        assert!(html.contains(r#"<svg id="hypnogram""#));
+        assert!(html.contains(r#"id="connection" class="connection" data-state="connecting""#));
+        assert!(html.contains(r#"<script src="/static/live.js" defer></script>"#));
+    }
+
+    #[test]
+    fn config_cannot_close_the_script_element() {
+        let user_id = "</script><script>alert(1)</script><!--";
+        let html = render(user_id, "t&<>").unwrap();
+        let json = config_json(&html);
+        assert!(!json.contains('<'), "{json}");
+        let config: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(config["user_id"], user_id);
+        assert_eq!(config["token"], "t&<>");
+        assert!(!html.contains("<script>alert(1)"));
+        assert!(
+            html.contains("&#60;/script&#62;&#60;script&#62;alert(1)"),
+            "the heading shows the id escaped"
+        );
+    }
+}

@@ -1,0 +1,390 @@
+//! Live rooms: one per watched user, holding a broadcast channel and the live
+//! state of that user's current night.
+//!
+//! A room exists only while someone watches. It is created and loaded from
+//! the database by the first subscriber and removed when the last one leaves,
+//! because the stored events can always rebuild it. Webhooks for users nobody
+//! watches only touch the database.
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::ws::Utf8Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use dashmap::DashMap;
+use tokio::sync::{OnceCell, broadcast};
+
+use crate::payload::{EPOCH_SECONDS, FinalReport, InferenceResult};
+use crate::protocol::{Clock, ServerMessage};
+use crate::report::{Headline, report_path};
+use crate::storage::{SessionEvents, StorageError, Store};
+use crate::timeline::Timeline;
+
+/// Messages a room keeps for subscribers that have not read them yet. A
+/// subscriber further behind gets a fresh snapshot instead, so this bounds
+/// the memory one slow browser can hold, not correctness.
+const ROOM_CHANNEL_CAPACITY: usize = 64;
+
+/// A committed delivery, as the live view applies it.
+#[derive(Debug, Clone)]
+pub enum Applied {
+    Result {
+        result: InferenceResult,
+        received_at_ms: i64,
+        session_first_seen_ms: i64,
+    },
+    Final {
+        report: Box<FinalReport>,
+        session_first_seen_ms: i64,
+    },
+}
+
+impl Applied {
+    fn session_id(&self) -> &str {
+        match self {
+            Applied::Result { result, .. } => &result.session_id,
+            Applied::Final { report, .. } => &report.session_id,
+        }
+    }
+
+    fn session_first_seen_ms(&self) -> i64 {
+        match self {
+            Applied::Result {
+                session_first_seen_ms, ..
+            }
+            | Applied::Final {
+                session_first_seen_ms, ..
+            } => *session_first_seen_ms,
+        }
+    }
+}
+
+/// The live state of a user's current night.
+#[derive(Debug, Default, Clone)]
+pub struct LiveNight {
+    pub user_id: String,
+    pub session_id: Option<String>,
+    /// When the session's first event arrived; a session first seen later is
+    /// a newer night and replaces this one.
+    pub first_seen_ms: i64,
+    pub timeline: Timeline,
+    /// Estimated start of epoch 0 in Unix milliseconds. The result for
+    /// `seq_num` N is sent shortly after (N + 1) × 30 s of recording, so each
+    /// result bounds the start from above and the smallest bound is kept.
+    pub start_estimate_ms: Option<i64>,
+    pub report: Option<FinalReport>,
+}
+
+impl LiveNight {
+    /// Rebuilds a night from its stored events, in any order.
+    pub fn rebuild(user_id: &str, session_id: &str, events: &SessionEvents) -> Self {
+        let mut night = LiveNight {
+            user_id: user_id.to_string(),
+            session_id: Some(session_id.to_string()),
+            first_seen_ms: events.first_seen_ms,
+            ..LiveNight::default()
+        };
+        for (result, received_at_ms) in &events.results {
+            night.apply_result(result, *received_at_ms);
+        }
+        if let Some(report) = &events.report {
+            night.apply_final(report);
+        }
+        night
+    }
+
+    /// Applies a committed delivery and returns the message to broadcast, if
+    /// any viewer-visible state changed.
+    pub fn apply(&mut self, applied: &Applied) -> Option<String> {
+        if self.session_id.as_deref() != Some(applied.session_id()) {
+            if self.session_id.is_some() && applied.session_first_seen_ms() < self.first_seen_ms {
+                // A late event of an older night: stored, but not live.
+                return None;
+            }
+            *self = LiveNight {
+                user_id: std::mem::take(&mut self.user_id),
+                session_id: Some(applied.session_id().to_string()),
+                first_seen_ms: applied.session_first_seen_ms(),
+                ..LiveNight::default()
+            };
+            match applied {
+                Applied::Result {
+                    result, received_at_ms, ..
+                } => {
+                    self.apply_result(result, *received_at_ms);
+                }
+                Applied::Final { report, .. } => self.apply_final(report),
+            }
+            return Some(self.snapshot_json());
+        }
+
+        match applied {
+            Applied::Result {
+                result, received_at_ms, ..
+            } => {
+                let change = self.apply_result(result, *received_at_ms)?;
+                Some(
+                    ServerMessage::Update {
+                        session_id: &result.session_id,
+                        seq_num: result.seq_num,
+                        start: change.start,
+                        sleep_stages: &self.timeline.sleep_stages[change.start..change.end],
+                        snoring_stages: &self.timeline.snoring_stages[change.start..change.end],
+                        epoch_count: self.timeline.len(),
+                        last_seq_num: self.timeline.last_seq_num,
+                        clock: self.clock(),
+                    }
+                    .to_json(),
+                )
+            }
+            Applied::Final { report, .. } => {
+                // The room may have loaded this report from the database
+                // already; viewers need the message only once.
+                if self.timeline.is_final {
+                    return None;
+                }
+                self.apply_final(report);
+                Some(self.session_complete_json(report))
+            }
+        }
+    }
+
+    fn apply_result(&mut self, result: &InferenceResult, received_at_ms: i64) -> Option<crate::timeline::Change> {
+        let sent_ms = result.sent_at.map_or(received_at_ms, |sent| sent.timestamp_millis());
+        let bound = sent_ms - (i64::from(result.seq_num) + 1) * EPOCH_SECONDS * 1000;
+        self.start_estimate_ms = Some(self.start_estimate_ms.map_or(bound, |known| known.min(bound)));
+        self.timeline.apply_inference(result)
+    }
+
+    fn apply_final(&mut self, report: &FinalReport) {
+        self.timeline.apply_final(report);
+        self.report = Some(report.clone());
+    }
+
+    fn clock(&self) -> Clock<'_> {
+        match &self.report {
+            Some(report) => Clock {
+                start_time: Some(report.start_time.to_rfc3339_opts(SecondsFormat::Secs, true)),
+                start_time_estimated: false,
+                timezone: Some(&report.timezone),
+            },
+            None => Clock {
+                start_time: self
+                    .start_estimate_ms
+                    .and_then(DateTime::<Utc>::from_timestamp_millis)
+                    .map(|start| start.to_rfc3339_opts(SecondsFormat::Secs, true)),
+                start_time_estimated: true,
+                timezone: None,
+            },
+        }
+    }
+
+    /// Serializes the whole night as a `snapshot` message.
+    pub fn snapshot_json(&self) -> String {
+        ServerMessage::Snapshot {
+            user_id: &self.user_id,
+            session_id: self.session_id.as_deref(),
+            epoch_seconds: EPOCH_SECONDS,
+            clock: self.clock(),
+            sleep_stages: &self.timeline.sleep_stages,
+            snoring_stages: &self.timeline.snoring_stages,
+            last_seq_num: self.timeline.last_seq_num,
+            complete: self.report.is_some(),
+            report_url: self
+                .session_id
+                .as_deref()
+                .filter(|_| self.report.is_some())
+                .map(|session_id| report_path(&self.user_id, session_id)),
+        }
+        .to_json()
+    }
+
+    fn session_complete_json(&self, report: &FinalReport) -> String {
+        ServerMessage::SessionComplete {
+            session_id: &report.session_id,
+            report_url: report_path(&self.user_id, &report.session_id),
+            clock: self.clock(),
+            end_time: report
+                .end_time
+                .map(|end| end.to_rfc3339_opts(SecondsFormat::Secs, true)),
+            sleep_stages: &self.timeline.sleep_stages,
+            snoring_stages: &self.timeline.snoring_stages,
+            headline: Headline::from_report(report),
+        }
+        .to_json()
+    }
+}
+
+/// State guarded by a room's mutex. A `std` mutex is right here: the
+/// critical sections never await, and they are short (apply one result,
+/// serialize one message, send it on the channel).
+struct RoomState {
+    /// False until the first subscriber has loaded the night from the
+    /// database; deliveries committed meanwhile wait in `pending`.
+    loaded: bool,
+    pending: Vec<Applied>,
+    night: LiveNight,
+}
+
+/// One user's room.
+pub struct Room {
+    sender: broadcast::Sender<Utf8Bytes>,
+    state: Mutex<RoomState>,
+    /// Completed once the night was loaded from the database.
+    ready: OnceCell<()>,
+}
+
+impl Room {
+    fn new(user_id: &str) -> Self {
+        Self {
+            sender: broadcast::channel(ROOM_CHANNEL_CAPACITY).0,
+            state: Mutex::new(RoomState {
+                loaded: false,
+                pending: Vec::new(),
+                night: LiveNight {
+                    user_id: user_id.to_string(),
+                    ..LiveNight::default()
+                },
+            }),
+            ready: OnceCell::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RoomState> {
+        // A panic while holding the lock leaves a night that is at worst one
+        // result behind, and the next snapshot repairs it, so poisoning is
+        // not fatal here.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn apply(&self, applied: Applied) {
+        let mut state = self.lock();
+        if !state.loaded {
+            state.pending.push(applied);
+            return;
+        }
+        if let Some(message) = state.night.apply(&applied) {
+            // An error only means nobody is subscribed at this instant.
+            let _ = self.sender.send(Utf8Bytes::from(message));
+        }
+    }
+
+    /// Returns the current snapshot together with a receiver positioned
+    /// right after it, so no update falls between the two.
+    pub fn resubscribe(&self) -> (Utf8Bytes, broadcast::Receiver<Utf8Bytes>) {
+        let state = self.lock();
+        (Utf8Bytes::from(state.night.snapshot_json()), self.sender.subscribe())
+    }
+}
+
+/// The map from user id to room.
+pub struct Rooms {
+    rooms: DashMap<String, Arc<Room>>,
+    store: Store,
+}
+
+/// A viewer's membership in a room; leaving removes the room when it was the
+/// last member.
+pub struct Subscription {
+    pub room: Arc<Room>,
+    pub snapshot: Utf8Bytes,
+    pub receiver: broadcast::Receiver<Utf8Bytes>,
+}
+
+impl Rooms {
+    pub fn new(store: Store) -> Self {
+        Self {
+            rooms: DashMap::new(),
+            store,
+        }
+    }
+
+    /// Returns the number of rooms, which falls back to zero when nobody watches.
+    pub fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
+    }
+
+    /// Applies a committed delivery to the user's room, if anyone watches.
+    pub fn apply(&self, user_id: &str, applied: Applied) {
+        let room = self.rooms.get(user_id).map(|room| Arc::clone(&room));
+        if let Some(room) = room {
+            room.apply(applied);
+        }
+    }
+
+    /// Joins the user's room, creating and loading it if needed.
+    pub async fn subscribe(&self, user_id: &str) -> Result<Subscription, StorageError> {
+        // If this future is dropped or fails before it subscribes, the room it
+        // may have created must not stay behind with nobody in it.
+        let cleanup = LeaveOnDrop { rooms: self, user_id };
+        loop {
+            let room = Arc::clone(
+                &self
+                    .rooms
+                    .entry(user_id.to_string())
+                    .or_insert_with(|| Arc::new(Room::new(user_id))),
+            );
+            room.ready.get_or_try_init(|| self.load(user_id, &room)).await?;
+
+            // Subscribing under the map's shard lock orders this against
+            // `leave`, which removes a room only under the same lock. If the
+            // room was removed while it loaded, start again with a new one.
+            let Some(current) = self.rooms.get(user_id) else {
+                continue;
+            };
+            if !Arc::ptr_eq(&current, &room) {
+                continue;
+            }
+            let (snapshot, receiver) = room.resubscribe();
+            drop(current);
+            std::mem::forget(cleanup);
+            return Ok(Subscription {
+                room,
+                snapshot,
+                receiver,
+            });
+        }
+    }
+
+    /// Leaves a room; the caller must have dropped its receiver first.
+    pub fn leave(&self, user_id: &str) {
+        self.rooms
+            .remove_if(user_id, |_, room| room.sender.receiver_count() == 0);
+    }
+
+    async fn load(&self, user_id: &str, room: &Room) -> Result<(), StorageError> {
+        let night = match self.store.latest_session(user_id).await? {
+            Some(session_id) => match self.store.session_events(user_id, &session_id).await? {
+                Some(events) => LiveNight::rebuild(user_id, &session_id, &events),
+                None => LiveNight::default(),
+            },
+            None => LiveNight::default(),
+        };
+
+        let mut state = room.lock();
+        state.night = LiveNight {
+            user_id: user_id.to_string(),
+            ..night
+        };
+        for applied in std::mem::take(&mut state.pending) {
+            state.night.apply(&applied);
+        }
+        state.loaded = true;
+        Ok(())
+    }
+}
+
+/// Removes an empty room when a subscription attempt ends without joining it.
+struct LeaveOnDrop<'a> {
+    rooms: &'a Rooms,
+    user_id: &'a str,
+}
+
+impl Drop for LeaveOnDrop<'_> {
+    fn drop(&mut self) {
+        self.rooms.leave(self.user_id);
+    }
+}

@@ -1,0 +1,203 @@
+//! Webhook intake: `POST /asleep-webhook`.
+//!
+//! The path reads top to bottom: authenticate, parse, validate, commit, apply
+//! to the live room, answer. A 2xx answer is sent only after the commit.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::app::AppState;
+use crate::auth::api_key_matches;
+use crate::error::AppError;
+use crate::payload::{Delivery, INFERENCE_COMPLETE, SESSION_COMPLETE, parse_delivery};
+use crate::rooms::Applied;
+use crate::storage::{NewEvent, Recorded};
+
+/// Largest accepted body. A 48-hour final report with all three stage arrays
+/// is about 100 KiB, so 1 MiB leaves ample room.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Handles one delivery from Asleep.
+pub async fn receive(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
+    let presented = headers
+        .get("x-api-key")
+        .map(|value| value.as_bytes())
+        .unwrap_or_default();
+    if !api_key_matches(presented, &state.api_keys) {
+        return Err(AppError::BadApiKey);
+    }
+    check_content_type(&headers)?;
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => AppError::BodyTooLarge(MAX_BODY_BYTES),
+        _ => AppError::BadBody(rejection.body_text()),
+    })?;
+    let header_user_id = match headers.get("x-user-id") {
+        None => return Err(AppError::BadHeader("x-user-id", "is missing".to_string())),
+        Some(value) => value
+            .to_str()
+            .map_err(|_| AppError::BadHeader("x-user-id", "must be visible ASCII".to_string()))?,
+    };
+
+    let json: Value = serde_json::from_slice(&body).map_err(|error| AppError::MalformedJson(error.to_string()))?;
+    let delivery = parse_delivery(&json, header_user_id)?;
+    // The body parsed as JSON, so it is valid UTF-8.
+    let raw = std::str::from_utf8(&body).map_err(|error| AppError::Internal(error.to_string()))?;
+    let received_at_ms = chrono::Utc::now().timestamp_millis();
+
+    let (event, session_id, seq_num, normalized) = match &delivery {
+        Delivery::Inference(result) => (
+            INFERENCE_COMPLETE.to_string(),
+            Some(result.session_id.clone()),
+            Some(result.seq_num),
+            Some(to_json(result)?),
+        ),
+        Delivery::SessionComplete(report) => (
+            SESSION_COMPLETE.to_string(),
+            Some(report.session_id.clone()),
+            None,
+            Some(to_json(report)?),
+        ),
+        Delivery::Unknown { event, .. } => (event.clone(), None, None, None),
+    };
+    let user_id = delivery.user_id().to_string();
+    let (event, session_id, user_id) = (event.as_str(), session_id.as_deref(), user_id.as_str());
+    let recorded = state
+        .store
+        .record(NewEvent {
+            received_at_ms,
+            event,
+            user_id,
+            session_id,
+            seq_num,
+            body: raw,
+            normalized: normalized.clone(),
+        })
+        .await?;
+
+    let session_first_seen_ms = match recorded {
+        Recorded::Duplicate { existing } => {
+            if !same_content(existing.as_deref(), normalized.as_deref()) {
+                tracing::warn!(
+                    user_id,
+                    session_id,
+                    event,
+                    seq_num,
+                    "repeated delivery differs from the stored one; the first is kept"
+                );
+            } else {
+                tracing::debug!(user_id, session_id, event, seq_num, "duplicate delivery");
+            }
+            return Ok((StatusCode::OK, Json(json!({ "status": "duplicate", "event": event }))).into_response());
+        }
+        Recorded::Stored { session_first_seen_ms } => session_first_seen_ms.unwrap_or(received_at_ms),
+    };
+
+    let answer = match delivery {
+        Delivery::Inference(result) => {
+            tracing::info!(
+                user_id,
+                session_id,
+                event,
+                seq_num,
+                epochs = result.sleep_stages.len(),
+                "result stored"
+            );
+            let answer = json!({
+                "status": "accepted",
+                "event": event,
+                "session_id": result.session_id,
+                "seq_num": result.seq_num,
+            });
+            state.rooms.apply(
+                user_id,
+                Applied::Result {
+                    result,
+                    received_at_ms,
+                    session_first_seen_ms,
+                },
+            );
+            (StatusCode::OK, Json(answer))
+        }
+        Delivery::SessionComplete(report) => {
+            tracing::info!(
+                user_id,
+                session_id,
+                event,
+                epochs = report.sleep_stages.len(),
+                "final report stored"
+            );
+            let answer = json!({
+                "status": "accepted",
+                "event": event,
+                "session_id": report.session_id,
+            });
+            state.rooms.apply(
+                user_id,
+                Applied::Final {
+                    report,
+                    session_first_seen_ms,
+                },
+            );
+            (StatusCode::OK, Json(answer))
+        }
+        Delivery::Unknown { .. } => {
+            tracing::warn!(
+                user_id,
+                event,
+                "unknown event kept in the event log and otherwise ignored"
+            );
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({
+                    "status": "ignored",
+                    "event": event,
+                    "reason": format!("unknown event {event:?}; expected INFERENCE_COMPLETE or SESSION_COMPLETE"),
+                })),
+            )
+        }
+    };
+    Ok(answer.into_response())
+}
+
+/// Accepts a missing `Content-Type` and any JSON type (`application/json`,
+/// `application/*+json`, with parameters); rejects the rest with 415.
+fn check_content_type(headers: &HeaderMap) -> Result<(), AppError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let text = value.to_str().unwrap_or_default();
+    let essence = text.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    if essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json")) {
+        Ok(())
+    } else {
+        Err(AppError::UnsupportedMediaType(text.to_string()))
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, AppError> {
+    serde_json::to_string(value).map_err(|error| AppError::Internal(error.to_string()))
+}
+
+/// Compares two stored payloads, ignoring `sent_at`: a redelivery may carry a
+/// new send time for the same content.
+fn same_content(existing: Option<&str>, new: Option<&str>) -> bool {
+    let strip = |text: Option<&str>| {
+        text.and_then(|text| serde_json::from_str::<Value>(text).ok())
+            .map(|mut value| {
+                if let Some(object) = value.as_object_mut() {
+                    object.remove("sent_at");
+                }
+                value
+            })
+    };
+    strip(existing) == strip(new)
+}

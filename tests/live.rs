@@ -1,0 +1,615 @@
+//! The live view over a real WebSocket: whole nights replayed in order,
+//! shuffled and repeated, restarts, viewer authentication and room cleanup.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Delivery, Hypnogram, NIGHTS, Night, TestServer, expired_token, inference_body, stages, viewer_token};
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite;
+
+/// How long a test waits to be sure a message that should not exist does
+/// not arrive. Messages that do exist arrive within milliseconds on loopback.
+const QUIET: Duration = Duration::from_millis(300);
+
+#[tokio::test]
+async fn night_replayed_in_order_reaches_viewer() {
+    for name in NIGHTS {
+        let night = Night::load(name);
+        let server = TestServer::start().await;
+        let mut viewer = server.viewer(night.user_id()).await;
+        assert_eq!(
+            viewer.hypnogram,
+            Hypnogram::default(),
+            "{name}: a new user's snapshot is empty"
+        );
+
+        let mut expected = ExpectedTimeline::default();
+        let mut final_message = Value::Null;
+        for delivery in &night.deliveries {
+            let answer = server.deliver(night.user_id(), &delivery.body).await;
+            assert_eq!(
+                answer.status,
+                StatusCode::OK,
+                "{name} {}: {}",
+                delivery.file,
+                answer.body
+            );
+            assert_eq!(answer.body["status"], "accepted", "{name} {}", delivery.file);
+
+            // In order, every result extends the night, so each delivery
+            // produces exactly one message. The first one starts a new night,
+            // which viewers receive as a whole snapshot.
+            let new_night = viewer.hypnogram.session_id.is_none();
+            let message = viewer.receive().await;
+            if delivery.is_inference() {
+                expected.apply(delivery);
+                if new_night {
+                    assert_eq!(message["type"], "snapshot", "{name} {}: {message}", delivery.file);
+                    assert_eq!(message["session_id"], night.session_id());
+                } else {
+                    assert_eq!(message["type"], "update", "{name} {}: {message}", delivery.file);
+                    assert_eq!(
+                        message["seq_num"].as_u64(),
+                        delivery.seq_num(),
+                        "{name} {}",
+                        delivery.file
+                    );
+                    assert_eq!(message["epoch_count"].as_u64(), delivery.seq_num().map(|seq| seq + 1));
+                }
+                assert_eq!(
+                    viewer.hypnogram.sleep_stages, expected.sleep_stages,
+                    "{name} {}",
+                    delivery.file
+                );
+                assert_eq!(
+                    viewer.hypnogram.snoring_stages, expected.snoring_stages,
+                    "{name} {}",
+                    delivery.file
+                );
+            } else {
+                // Every result has arrived: the hypnogram so far ends at the
+                // last result's epoch and contains its values.
+                assert_last_result_shown(&night, &expected);
+                final_message = message;
+            }
+        }
+
+        assert_eq!(final_message["type"], "session_complete", "{name}: {final_message}");
+        assert_eq!(
+            final_message["report_url"].as_str(),
+            Some(night.report_path().as_str()),
+            "{name}"
+        );
+        assert_eq!(final_message["session_id"], night.session_id());
+        assert_eq!(
+            viewer.hypnogram.sleep_stages,
+            night.sleep_stages(),
+            "{name}: final sleep stages"
+        );
+        assert_eq!(
+            viewer.hypnogram.snoring_stages,
+            night.snoring_stages(),
+            "{name}: final snoring stages"
+        );
+        assert!(viewer.hypnogram.complete);
+        assert_eq!(
+            final_message["start_time"].as_str().map(parse_time),
+            night.truth["start_time"].as_str().map(parse_time),
+            "{name}: the final report names the real start"
+        );
+        assert_eq!(final_message["start_time_estimated"], false, "{name}");
+        assert_eq!(final_message["timezone"], night.truth["timezone"], "{name}");
+        assert_headline_matches_stages(&final_message, &night);
+
+        viewer.assert_silent(QUIET).await;
+        viewer.close().await;
+        server.stop().await;
+    }
+}
+
+/// Checks the timeline assembled from every partial result: as long as the
+/// last result reaches, and ending with that result's values.
+fn assert_last_result_shown(night: &Night, expected: &ExpectedTimeline) {
+    let last = night
+        .deliveries
+        .iter()
+        .rev()
+        .find(|delivery| delivery.is_inference())
+        .expect("the night has partial results");
+    let last_seq_num = last.seq_num().unwrap() as usize;
+    assert_eq!(expected.sleep_stages.len(), last_seq_num + 1, "{}", night.name);
+
+    let sleep = stages(last.fields(), "sleep_stages");
+    let snoring = stages(last.fields(), "snoring_stages");
+    let first = last_seq_num + 1 - sleep.len();
+    assert_eq!(expected.sleep_stages[first..], sleep[..], "{}", night.name);
+    assert_eq!(expected.snoring_stages[first..], snoring[..], "{}", night.name);
+}
+
+/// Checks the `headline` of a `session_complete` against the final stages.
+fn assert_headline_matches_stages(message: &Value, night: &Night) {
+    let sleep_epochs = night
+        .sleep_stages()
+        .iter()
+        .filter(|stage| (1..=3).contains(*stage))
+        .count() as i64;
+    let headline = &message["headline"];
+    assert_eq!(
+        headline["total_sleep_seconds"].as_i64(),
+        Some(sleep_epochs * 30),
+        "{}",
+        night.name
+    );
+
+    let start = parse_time(night.truth["start_time"].as_str().unwrap());
+    let end = parse_time(night.truth["end_time"].as_str().unwrap());
+    let in_bed = (end - start).num_seconds();
+    assert_eq!(headline["time_in_bed_seconds"].as_i64(), Some(in_bed), "{}", night.name);
+    let efficiency = headline["sleep_efficiency_percent"].as_f64().expect("sleep efficiency");
+    let computed = sleep_epochs as f64 * 30.0 / in_bed as f64 * 100.0;
+    assert!(
+        (efficiency - computed).abs() < 0.01,
+        "{}: {efficiency} vs {computed}",
+        night.name
+    );
+}
+
+fn parse_time(text: &str) -> chrono::DateTime<chrono::FixedOffset> {
+    chrono::DateTime::parse_from_rfc3339(text).unwrap_or_else(|error| panic!("{text:?} is not RFC 3339: {error}"))
+}
+
+/// The timeline the protocol promises, computed independently of the
+/// server: each epoch contains the value of the highest `seq_num` that covered
+/// it, and the final report replaces everything.
+#[derive(Debug, Default)]
+struct ExpectedTimeline {
+    sleep_stages: Vec<i64>,
+    snoring_stages: Vec<i64>,
+    written_by: Vec<i64>,
+    is_final: bool,
+}
+
+impl ExpectedTimeline {
+    /// Applies a delivery and returns whether a viewer's hypnogram changed.
+    fn apply(&mut self, delivery: &Delivery) -> bool {
+        if !delivery.is_inference() {
+            let report = &delivery.fields()["session"];
+            self.sleep_stages = stages(report, "sleep_stages");
+            self.snoring_stages = stages(report, "snoring_stages");
+            self.is_final = true;
+            return true;
+        }
+        if self.is_final {
+            return false;
+        }
+
+        let seq_num = delivery.seq_num().unwrap() as i64;
+        let sleep = stages(delivery.fields(), "sleep_stages");
+        let snoring = stages(delivery.fields(), "snoring_stages");
+        let first = (seq_num + 1) as usize - sleep.len();
+        let end = (seq_num + 1) as usize;
+        let mut changed = false;
+        if end > self.sleep_stages.len() {
+            self.sleep_stages.resize(end, -1);
+            self.snoring_stages.resize(end, -1);
+            self.written_by.resize(end, -1);
+            changed = true;
+        }
+        for (offset, epoch) in (first..end).enumerate() {
+            if self.written_by[epoch] > seq_num {
+                continue;
+            }
+            self.written_by[epoch] = seq_num;
+            if self.sleep_stages[epoch] != sleep[offset] || self.snoring_stages[epoch] != snoring[offset] {
+                self.sleep_stages[epoch] = sleep[offset];
+                self.snoring_stages[epoch] = snoring[offset];
+                changed = true;
+            }
+        }
+        changed
+    }
+}
+
+/// A 64-bit linear congruential generator (Knuth's MMIX constants): enough
+/// to shuffle deterministically without another dependency.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 33
+    }
+
+    /// Shuffles `items` in place (Fisher-Yates).
+    fn shuffle<T>(&mut self, items: &mut [T]) {
+        for last in (1..items.len()).rev() {
+            let pick = (self.next() % (last as u64 + 1)) as usize;
+            items.swap(last, pick);
+        }
+    }
+}
+
+#[tokio::test]
+async fn shuffled_repeated_night_converges() {
+    for (name, seed) in NIGHTS.into_iter().zip([7_u64, 2026]) {
+        let night = Night::load(name);
+        let mut order = night.deliveries.clone();
+        Lcg(seed).shuffle(&mut order);
+        assert_ne!(
+            order.iter().map(|delivery| &delivery.file).collect::<Vec<_>>(),
+            night
+                .deliveries
+                .iter()
+                .map(|delivery| &delivery.file)
+                .collect::<Vec<_>>(),
+            "the shuffle must change the order"
+        );
+
+        let server = TestServer::start().await;
+        let mut viewer = server.viewer(night.user_id()).await;
+        let mut expected = ExpectedTimeline::default();
+        for delivery in &order {
+            let answer = server.deliver(night.user_id(), &delivery.body).await;
+            assert_eq!(
+                answer.status,
+                StatusCode::OK,
+                "{name} {}: {}",
+                delivery.file,
+                answer.body
+            );
+            assert_eq!(answer.body["status"], "accepted", "{name} {}", delivery.file);
+
+            // A delivery that changes the hypnogram produces one message and
+            // one that does not produces none. A stray message would show up
+            // as the next expected message or break the final silence check.
+            // The first delivery of a night reaches viewers as a snapshot.
+            if expected.apply(delivery) {
+                let new_night = viewer.hypnogram.session_id.is_none();
+                let message = viewer.receive().await;
+                if new_night {
+                    assert_eq!(message["type"], "snapshot", "{name} {}: {message}", delivery.file);
+                } else if delivery.is_inference() {
+                    assert_eq!(message["type"], "update", "{name} {}: {message}", delivery.file);
+                    assert_eq!(
+                        message["seq_num"].as_u64(),
+                        delivery.seq_num(),
+                        "{name} {}",
+                        delivery.file
+                    );
+                } else {
+                    assert_eq!(
+                        message["type"], "session_complete",
+                        "{name} {}: {message}",
+                        delivery.file
+                    );
+                }
+                assert_eq!(
+                    viewer.hypnogram.sleep_stages, expected.sleep_stages,
+                    "{name} {}",
+                    delivery.file
+                );
+                assert_eq!(
+                    viewer.hypnogram.snoring_stages, expected.snoring_stages,
+                    "{name} {}",
+                    delivery.file
+                );
+            }
+
+            let repeat = server.deliver(night.user_id(), &delivery.body).await;
+            assert_eq!(
+                repeat.status,
+                StatusCode::OK,
+                "{name} {} repeated: {}",
+                delivery.file,
+                repeat.body
+            );
+            assert_eq!(repeat.body["status"], "duplicate", "{name} {} repeated", delivery.file);
+        }
+        viewer.assert_silent(QUIET).await;
+
+        assert_eq!(viewer.hypnogram.sleep_stages, night.sleep_stages(), "{name}");
+        assert_eq!(viewer.hypnogram.snoring_stages, night.snoring_stages(), "{name}");
+        assert!(viewer.hypnogram.complete, "{name}");
+        assert_eq!(
+            server.event_count().await,
+            night.deliveries.len() as i64,
+            "{name}: repeats must not be stored"
+        );
+        viewer.close().await;
+
+        // A viewer joining now loads the same night from the database.
+        server.wait_for_rooms(0).await;
+        let fresh = server.viewer(night.user_id()).await;
+        assert_eq!(fresh.hypnogram.sleep_stages, night.sleep_stages(), "{name}");
+        assert_eq!(fresh.hypnogram.snoring_stages, night.snoring_stages(), "{name}");
+        assert_eq!(
+            fresh.hypnogram.report_url.as_deref(),
+            Some(night.report_path().as_str())
+        );
+        fresh.close().await;
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn out_of_order_partials_match_in_order() {
+    // Without the final report the partial results alone must converge to
+    // the same timeline whatever their order.
+    let night = Night::load("night-flat");
+    let partials: Vec<Delivery> = night
+        .deliveries
+        .iter()
+        .filter(|delivery| delivery.is_inference())
+        .cloned()
+        .collect();
+    let mut reversed = partials.clone();
+    reversed.reverse();
+
+    let mut expected = ExpectedTimeline::default();
+    for delivery in &partials {
+        expected.apply(delivery);
+    }
+
+    let server = TestServer::start().await;
+    for delivery in &reversed {
+        let answer = server.deliver(night.user_id(), &delivery.body).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}: {}", delivery.file, answer.body);
+    }
+    let viewer = server.viewer(night.user_id()).await;
+    assert_eq!(viewer.hypnogram.sleep_stages, expected.sleep_stages);
+    assert_eq!(viewer.hypnogram.snoring_stages, expected.snoring_stages);
+    assert!(!viewer.hypnogram.complete);
+    assert_eq!(viewer.hypnogram.report_url, None);
+    viewer.close().await;
+    server.stop().await;
+}
+
+/// Opens a viewer and returns its snapshot message as the server sent it.
+async fn snapshot_of(server: &TestServer, user_id: &str) -> Value {
+    let url = server.ws_url(user_id, Some(&viewer_token(user_id)));
+    let (socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("opening the viewer WebSocket failed");
+    let mut viewer = common::Viewer {
+        socket,
+        hypnogram: Hypnogram::default(),
+    };
+    let snapshot = viewer.next_message().await;
+    assert_eq!(snapshot["type"], "snapshot");
+    viewer.close().await;
+    snapshot
+}
+
+#[tokio::test]
+async fn restart_rebuilds_the_live_night() {
+    // One complete night and one still in progress, for two users.
+    let complete = Night::load("night-enveloped");
+    let partial = Night::load("night-flat");
+    let server = TestServer::start().await;
+    complete.replay(&server).await;
+    for delivery in partial
+        .deliveries
+        .iter()
+        .filter(|delivery| delivery.is_inference())
+        .take(30)
+    {
+        let answer = server.deliver(partial.user_id(), &delivery.body).await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+
+    let complete_before = snapshot_of(&server, complete.user_id()).await;
+    let partial_before = snapshot_of(&server, partial.user_id()).await;
+    assert_eq!(stages(&complete_before, "sleep_stages"), complete.sleep_stages());
+    assert_eq!(complete_before["complete"], true);
+    assert_eq!(partial_before["complete"], false);
+    assert_eq!(stages(&partial_before, "sleep_stages").len(), 30 * 10 + 30);
+
+    let server = server.restart().await;
+    assert_eq!(
+        server.server.state.rooms.len(),
+        0,
+        "a restarted server starts with no rooms"
+    );
+    assert_eq!(server.event_count().await, complete.deliveries.len() as i64 + 30);
+
+    let complete_after = snapshot_of(&server, complete.user_id()).await;
+    let partial_after = snapshot_of(&server, partial.user_id()).await;
+    assert_eq!(complete_after, complete_before, "the complete night after the restart");
+    assert_eq!(partial_after, partial_before, "the partial night after the restart");
+
+    // The partial night keeps growing after the restart.
+    let mut viewer = server.viewer(partial.user_id()).await;
+    let next = partial
+        .deliveries
+        .iter()
+        .filter(|delivery| delivery.is_inference())
+        .nth(30)
+        .unwrap();
+    assert_eq!(
+        server.deliver(partial.user_id(), &next.body).await.status,
+        StatusCode::OK
+    );
+    let update = viewer.receive().await;
+    assert_eq!(update["type"], "update");
+    assert_eq!(viewer.hypnogram.sleep_stages.len() as u64, next.seq_num().unwrap() + 1);
+    viewer.close().await;
+    server.stop().await;
+}
+
+/// Returns the HTTP status and body of a rejected WebSocket handshake.
+async fn rejected_handshake(url: String) -> (StatusCode, String) {
+    match tokio_tungstenite::connect_async(url).await {
+        Ok(_) => panic!("the WebSocket upgrade should have been rejected"),
+        Err(tungstenite::Error::Http(response)) => {
+            let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned();
+            (status, body)
+        }
+        Err(other) => panic!("expected an HTTP error status, got {other}"),
+    }
+}
+
+/// Returns the HTTP status of a rejected WebSocket handshake.
+async fn rejected_status(url: String) -> StatusCode {
+    rejected_handshake(url).await.0
+}
+
+#[tokio::test]
+async fn viewer_socket_requires_valid_token() {
+    let server = TestServer::start().await;
+    let alice = "alice";
+    let bob = "bob";
+    let bob_body = inference_body(bob, "bob-night", 3, &[0, 1, 2, 3], &[0, 0, 0, 0]);
+    assert_eq!(server.deliver(bob, &bob_body.to_string()).await.status, StatusCode::OK);
+
+    assert_eq!(
+        rejected_status(server.ws_url(bob, None)).await,
+        StatusCode::UNAUTHORIZED,
+        "no token"
+    );
+    assert_eq!(
+        rejected_status(server.ws_url(bob, Some(&expired_token(bob)))).await,
+        StatusCode::UNAUTHORIZED,
+        "expired token"
+    );
+    let alice_on_bob = rejected_status(server.ws_url(bob, Some(&viewer_token(alice)))).await;
+    assert!(
+        alice_on_bob == StatusCode::UNAUTHORIZED || alice_on_bob == StatusCode::FORBIDDEN,
+        "alice's token on bob's night: {alice_on_bob}"
+    );
+    assert_eq!(
+        rejected_status(server.ws_url(bob, Some("v1.9999999999.forged"))).await,
+        StatusCode::UNAUTHORIZED,
+        "forged token"
+    );
+    assert_eq!(
+        server.server.state.rooms.len(),
+        0,
+        "rejected viewers must not create rooms"
+    );
+
+    // The rejection is a JSON error that does not leak bob's night.
+    let (_, body) = rejected_handshake(server.ws_url(bob, Some(&viewer_token(alice)))).await;
+    let error: Value = serde_json::from_str(&body).unwrap_or_else(|error| panic!("not JSON ({error}): {body:?}"));
+    assert!(
+        error["error"].as_str().is_some_and(|message| !message.is_empty()),
+        "{error}"
+    );
+    assert!(!body.contains("bob-night"), "the rejection leaks bob's session: {body}");
+
+    // Alice's own token works, and shows only her (empty) night.
+    let viewer = server.viewer(alice).await;
+    assert_eq!(viewer.hypnogram.session_id, None);
+    viewer.close().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn rooms_are_removed_when_viewers_leave() {
+    const VIEWERS: usize = 5;
+    let server = TestServer::start().await;
+    let user = "room-user";
+
+    let mut viewers = Vec::new();
+    for _ in 0..VIEWERS {
+        viewers.push(server.viewer(user).await);
+    }
+    assert_eq!(
+        server.server.state.rooms.len(),
+        1,
+        "{VIEWERS} viewers of one user share one room"
+    );
+
+    // Every viewer receives the same broadcast.
+    let body = inference_body(user, "room-night", 1, &[0, 1], &[0, 0]);
+    assert_eq!(server.deliver(user, &body.to_string()).await.status, StatusCode::OK);
+    for viewer in &mut viewers {
+        let message = viewer.receive().await;
+        assert_eq!(
+            message["type"], "snapshot",
+            "the first result of a new night is sent as a snapshot"
+        );
+        assert_eq!(viewer.hypnogram.sleep_stages, vec![0, 1]);
+    }
+
+    let other = server.viewer("other-user").await;
+    assert_eq!(server.server.state.rooms.len(), 2);
+
+    // Some viewers close cleanly, the others just drop the connection.
+    let mut viewers = viewers.into_iter();
+    for viewer in viewers.by_ref().take(VIEWERS / 2) {
+        viewer.close().await;
+    }
+    assert_eq!(
+        server.server.state.rooms.len(),
+        2,
+        "the room stays while viewers remain"
+    );
+    drop(viewers);
+    server.wait_for_rooms(1).await;
+    other.close().await;
+    server.wait_for_rooms(0).await;
+
+    // Deliveries for a user without viewers create no room.
+    let next = inference_body(user, "room-night", 3, &[2, 2], &[0, 0]);
+    assert_eq!(server.deliver(user, &next.to_string()).await.status, StatusCode::OK);
+    assert_eq!(server.server.state.rooms.len(), 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn client_text_message_closes_socket() {
+    let server = TestServer::start().await;
+    let mut viewer = server.viewer("chatty").await;
+
+    viewer.send_text("hello").await;
+
+    let closed = tokio::time::timeout(common::WAIT, async {
+        use futures_util::StreamExt;
+        loop {
+            match viewer.socket.next().await {
+                Some(Ok(tungstenite::Message::Close(frame))) => {
+                    return frame.map(|frame| u16::from(frame.code));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the server did not close the socket");
+    assert_eq!(closed, Some(1003), "a client text message is an unsupported frame");
+    server.wait_for_rooms(0).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_viewers_with_going_away() {
+    let server = TestServer::start().await;
+    let mut viewer = server.viewer("sleeper").await;
+
+    let shutdown = tokio::spawn(async move { server.stop().await });
+    let code = tokio::time::timeout(common::WAIT, async {
+        use futures_util::StreamExt;
+        loop {
+            match viewer.socket.next().await {
+                Some(Ok(tungstenite::Message::Close(frame))) => {
+                    return frame.map(|frame| u16::from(frame.code));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the server did not close the socket on shutdown");
+    assert_eq!(code, Some(1001));
+    drop(viewer);
+    shutdown.await.expect("shutting down failed");
+}
