@@ -716,15 +716,32 @@ fn kind_of(value: &Value) -> &'static str {
     }
 }
 
+/// Loaders for the bundled example payloads, shared by unit tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::{Delivery, FinalReport, parse_delivery};
+
+    /// Reads `tests/fixtures/single/{name}` as JSON.
+    pub fn single(name: &str) -> serde_json::Value {
+        let path = format!("{}/tests/fixtures/single/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    /// Parses the final report in `tests/fixtures/single/{name}`, delivered for `user_id`.
+    pub fn final_report(name: &str, user_id: &str) -> FinalReport {
+        match parse_delivery(&single(name), user_id).unwrap() {
+            Delivery::SessionComplete(report) => *report,
+            other => panic!("expected a final report, got {other:?}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
-    fn fixture(name: &str) -> Value {
-        let path = format!("{}/tests/fixtures/single/{name}", env!("CARGO_MANIFEST_DIR"));
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-    }
+    use super::fixtures::single as fixture;
 
     #[test]
     fn enveloped_inference_parses() {

@@ -388,3 +388,81 @@ impl Drop for LeaveOnDrop<'_> {
         self.rooms.leave(self.user_id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+    use tokio::sync::broadcast::error::RecvError;
+
+    use super::*;
+    use crate::storage::Durability;
+
+    fn applied(seq_num: u32) -> Applied {
+        Applied::Result {
+            result: InferenceResult {
+                user_id: "u".into(),
+                session_id: "s".into(),
+                seq_num,
+                inference_seq_num: None,
+                sleep_stages: vec![(seq_num % 4) as i8],
+                snoring_stages: vec![0],
+                breath_stages: None,
+                sent_at: None,
+            },
+            received_at_ms: 1_000_000,
+            session_first_seen_ms: 1_000_000,
+        }
+    }
+
+    fn parse(text: &str) -> Value {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn lagging_subscriber_resyncs_from_snapshot() {
+        let folder = tempfile::tempdir().unwrap();
+        let store = Store::open(&folder.path().join("rooms.sqlite3"), Durability::Normal)
+            .await
+            .unwrap();
+        let rooms = Rooms::new(store);
+        let mut subscription = rooms.subscribe("u").await.unwrap();
+        assert_eq!(parse(&subscription.snapshot)["session_id"], Value::Null);
+
+        let applied_count = ROOM_CHANNEL_CAPACITY as u32 + 10;
+        for seq_num in 0..applied_count {
+            rooms.apply("u", applied(seq_num));
+        }
+        assert!(matches!(subscription.receiver.recv().await, Err(RecvError::Lagged(_))));
+
+        let (snapshot, mut receiver) = subscription.room.resubscribe();
+        let snapshot = parse(&snapshot);
+        assert_eq!(snapshot["type"], "snapshot");
+        assert_eq!(
+            snapshot["sleep_stages"].as_array().unwrap().len(),
+            applied_count as usize
+        );
+        assert_eq!(snapshot["last_seq_num"], applied_count - 1);
+
+        rooms.apply("u", applied(applied_count));
+        let update = parse(&receiver.recv().await.unwrap());
+        assert_eq!(update["type"], "update");
+        assert_eq!(update["start"], applied_count);
+        assert_eq!(update["epoch_count"], applied_count + 1);
+
+        drop(receiver);
+        drop(subscription);
+        rooms.leave("u");
+        assert!(rooms.is_empty());
+    }
+
+    #[tokio::test]
+    async fn unwatched_user_gets_no_room() {
+        let folder = tempfile::tempdir().unwrap();
+        let store = Store::open(&folder.path().join("rooms.sqlite3"), Durability::Normal)
+            .await
+            .unwrap();
+        let rooms = Rooms::new(store);
+        rooms.apply("nobody-watches", applied(3));
+        assert!(rooms.is_empty());
+    }
+}

@@ -444,3 +444,26 @@ async fn repeated_final_report_keeps_first_content() {
     assert_eq!(server.event_count().await, 1);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn unavailable_database_is_503_with_retry_after() {
+    let server = TestServer::start().await;
+    server.server.state.store.close().await;
+
+    let response = server
+        .webhook()
+        .header("x-user-id", USER)
+        .body(valid_result().to_string())
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .expect("a 503 must carry Retry-After");
+    assert!(retry_after.to_str().unwrap().parse::<u64>().unwrap() > 0);
+    let answer = JsonResponse::read(response).await;
+    assert!(answer.error().contains("database"), "{}", answer.body);
+}

@@ -132,16 +132,9 @@ fn render(user_id: &str, entries: &[SessionEntry], token: &str) -> Result<String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::payload::{Delivery, FinalReport, parse_delivery};
+    use crate::payload::FinalReport;
 
-    fn fixture_report(name: &str, user_id: &str) -> FinalReport {
-        let path = format!("{}/tests/fixtures/single/{name}", env!("CARGO_MANIFEST_DIR"));
-        let body = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        match parse_delivery(&body, user_id).unwrap() {
-            Delivery::SessionComplete(report) => *report,
-            other => panic!("expected a final report, got {other:?}"),
-        }
-    }
+    use crate::payload::fixtures::final_report as fixture_report;
 
     fn entry(session_id: &str, first_seen: &str, report: Option<FinalReport>) -> SessionEntry {
         let first_seen_ms = DateTime::parse_from_rfc3339(first_seen).unwrap().timestamp_millis();

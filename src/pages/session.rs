@@ -207,16 +207,9 @@ impl ReportPage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::payload::{Delivery, InferenceResult, parse_delivery};
+    use crate::payload::InferenceResult;
 
-    fn fixture_report(name: &str, user_id: &str) -> FinalReport {
-        let path = format!("{}/tests/fixtures/single/{name}", env!("CARGO_MANIFEST_DIR"));
-        let body = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        match parse_delivery(&body, user_id).unwrap() {
-            Delivery::SessionComplete(report) => *report,
-            other => panic!("expected a final report, got {other:?}"),
-        }
-    }
+    use crate::payload::fixtures::final_report as fixture_report;
 
     fn render(report: FinalReport) -> String {
         let events = SessionEvents {

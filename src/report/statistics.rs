@@ -219,18 +219,10 @@ fn sleep_cycle_ends(period: &[i8]) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::payload::{Delivery, FinalReport, parse_delivery};
+    use crate::payload::FinalReport;
 
     fn enveloped_report() -> FinalReport {
-        let path = format!(
-            "{}/tests/fixtures/single/session-enveloped.json",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let body = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        match parse_delivery(&body, "G-20261101-demo-user-0001").unwrap() {
-            Delivery::SessionComplete(report) => *report,
-            other => panic!("expected a final report, got {other:?}"),
-        }
+        crate::payload::fixtures::final_report("session-enveloped.json", "G-20261101-demo-user-0001")
     }
 
     #[test]

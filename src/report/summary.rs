@@ -430,17 +430,9 @@ fn mean_listed_cycle_seconds(stat: &Stat) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::payload::{Delivery, parse_delivery};
     use crate::report::parse_zone;
 
-    fn fixture_report(name: &str, user_id: &str) -> FinalReport {
-        let path = format!("{}/tests/fixtures/single/{name}", env!("CARGO_MANIFEST_DIR"));
-        let body = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        match parse_delivery(&body, user_id).unwrap() {
-            Delivery::SessionComplete(report) => *report,
-            other => panic!("expected a final report, got {other:?}"),
-        }
-    }
+    use crate::payload::fixtures::final_report as fixture_report;
 
     fn figure<'a>(summary: &'a ReportSummary, key: &str) -> &'a Figure {
         summary

@@ -1,0 +1,87 @@
+//! The command line: required secrets are named when missing, and `link`
+//! prints a viewer URL whose token the server accepts.
+
+use std::process::{Command, Output};
+
+use sleep_dashboard::auth::ViewerKeys;
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sleep-dashboard"));
+    command
+        .args(args)
+        .env_remove("ASLEEP_API_KEY")
+        .env_remove("DASHBOARD_SECRET")
+        .env_remove("SLEEP_DASHBOARD_PUBLIC_URL");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.output().expect("running the sleep-dashboard binary failed")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn serve_without_api_key_names_it() {
+    let output = run(&["serve", "--listen", "127.0.0.1:0"], &[("DASHBOARD_SECRET", "s")]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("ASLEEP_API_KEY is not set"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn serve_without_secret_names_it() {
+    let output = run(&["serve", "--listen", "127.0.0.1:0"], &[("ASLEEP_API_KEY", "k")]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("DASHBOARD_SECRET is not set"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn link_without_secret_names_it() {
+    let output = run(&["link", "--user", "alice"], &[]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("DASHBOARD_SECRET is not set"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn link_prints_verifiable_viewer_url() {
+    let output = run(
+        &[
+            "link",
+            "--user",
+            "alice/b",
+            "--ttl",
+            "2h",
+            "--public-url",
+            "https://sleep.example.org/",
+        ],
+        &[("DASHBOARD_SECRET", "link-secret")],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+
+    let url = String::from_utf8(output.stdout).unwrap();
+    let url = url.trim();
+    let (path, token) = url.split_once("?token=").expect("the link carries a token");
+    assert_eq!(path, "https://sleep.example.org/users/alice%2Fb/live");
+
+    let keys = ViewerKeys::new("link-secret");
+    let now = chrono::Utc::now().timestamp();
+    assert_eq!(keys.verify(token, "alice/b", now), Ok(()));
+    assert!(
+        keys.verify(token, "alice/b", now + 2 * 3600 + 60).is_err(),
+        "the link must expire after its ttl"
+    );
+    assert!(keys.verify(token, "alice", now).is_err());
+}
