@@ -49,8 +49,9 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Checks that `token` grants access to `user_id`'s nights.
-    pub fn authorize_viewer(&self, user_id: &str, token: Option<&str>) -> Result<(), AppError> {
+    /// Checks that `token` grants access to `user_id`'s nights and returns
+    /// when that access ends, in Unix seconds.
+    pub fn authorize_viewer(&self, user_id: &str, token: Option<&str>) -> Result<i64, AppError> {
         let token = token.ok_or(TokenError::Missing)?;
         let now = chrono::Utc::now().timestamp();
         self.viewer_keys.verify(token, user_id, now).map_err(|error| {

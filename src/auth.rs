@@ -47,8 +47,9 @@ impl ViewerKeys {
         format!("{TOKEN_VERSION}.{expires_at}.{}", URL_SAFE_NO_PAD.encode(mac))
     }
 
-    /// Checks that `token` grants access to `user_id` at time `now` (Unix seconds).
-    pub fn verify(&self, token: &str, user_id: &str, now: i64) -> Result<(), TokenError> {
+    /// Checks that `token` grants access to `user_id` at time `now` and
+    /// returns its expiry, both in Unix seconds.
+    pub fn verify(&self, token: &str, user_id: &str, now: i64) -> Result<i64, TokenError> {
         let mut parts = token.split('.');
         let (Some(TOKEN_VERSION), Some(expiry), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -66,7 +67,7 @@ impl ViewerKeys {
         if expires_at <= now {
             return Err(TokenError::Expired);
         }
-        Ok(())
+        Ok(expires_at)
     }
 
     fn mac(&self, user_id: &str, expires_at: i64) -> HmacSha256 {
@@ -100,7 +101,7 @@ mod tests {
     fn token_roundtrip_and_scope() {
         let keys = ViewerKeys::new("secret");
         let token = keys.issue("alice", 2_000);
-        assert_eq!(keys.verify(&token, "alice", 1_000), Ok(()));
+        assert_eq!(keys.verify(&token, "alice", 1_000), Ok(2_000));
         assert_eq!(keys.verify(&token, "bob", 1_000), Err(TokenError::BadSignature));
         assert_eq!(keys.verify(&token, "alice", 2_000), Err(TokenError::Expired));
         assert_eq!(

@@ -24,6 +24,9 @@ pub enum AppError {
     /// 400: a request header is missing or invalid; the header's name and the problem.
     #[error("{0}: {1}")]
     BadHeader(&'static str, String),
+    /// 400: the query string or the upgrade request is invalid.
+    #[error("invalid request: {0}")]
+    BadQuery(String),
     /// 400: the body is not valid JSON; the parser's message with line and column.
     #[error("the body is not valid JSON: {0}")]
     MalformedJson(String),
@@ -33,6 +36,9 @@ pub enum AppError {
     /// 413: the body is larger than the limit, in bytes.
     #[error("the body is larger than the limit of {0} bytes")]
     BodyTooLarge(usize),
+    /// 408: the body did not arrive in time; the limit in seconds.
+    #[error("the body did not arrive within {0} seconds")]
+    BodyTimeout(u64),
     /// 400: the body could not be read.
     #[error("the body could not be read: {0}")]
     BadBody(String),
@@ -56,9 +62,11 @@ impl IntoResponse for AppError {
             AppError::BadApiKey | AppError::Token(_) => (StatusCode::UNAUTHORIZED, None),
             AppError::BadHeader(name, _) => (StatusCode::BAD_REQUEST, Some(name.to_string())),
             AppError::MalformedJson(_) | AppError::BadBody(_) => (StatusCode::BAD_REQUEST, Some("body".to_string())),
+            AppError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, Some("body".to_string())),
             AppError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, Some("body".to_string())),
             AppError::Payload(error) => (StatusCode::BAD_REQUEST, Some(error.field.clone())),
             AppError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, Some("content-type".to_string())),
+            AppError::BadQuery(_) => (StatusCode::BAD_REQUEST, None),
             AppError::NotFound(_) => (StatusCode::NOT_FOUND, None),
             AppError::Unavailable(cause) => {
                 tracing::error!(error = %cause, "database unavailable");

@@ -7,6 +7,7 @@ use tracing_subscriber::EnvFilter;
 use sleep_dashboard::app::{RunningServer, ServerConfig};
 use sleep_dashboard::auth::ViewerKeys;
 use sleep_dashboard::config::{Cli, Command, LinkArgs, ServeArgs, require};
+use sleep_dashboard::payload::check_id;
 use sleep_dashboard::report::live_path;
 use sleep_dashboard::signal::shutdown_signal;
 use sleep_dashboard::{demo, send};
@@ -37,6 +38,18 @@ async fn main() -> ExitCode {
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let api_key = require("ASLEEP_API_KEY", "--api-key", args.api_key.as_deref())?;
     let secret = args.secret.require()?;
+    if secret.len() < MIN_SECRET_BYTES {
+        tracing::warn!(
+            minimum = MIN_SECRET_BYTES,
+            "DASHBOARD_SECRET is short; viewer links are only as hard to forge as it is to guess"
+        );
+    }
+    if !args.static_dir.join("live.js").is_file() {
+        return Err(format!(
+            "static assets not found in {}: pass --static-dir with the static/ folder of this repository",
+            args.static_dir.display()
+        ));
+    }
     let config = ServerConfig {
         database: args.database.clone(),
         durability: args.durability,
@@ -67,8 +80,22 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     }
 }
 
+/// Length below which `serve` warns that `DASHBOARD_SECRET` is weak: 32
+/// bytes, the size of the HMAC-SHA256 output it keys.
+const MIN_SECRET_BYTES: usize = 32;
+
+/// Longest validity `link` issues; a leaked link should not outlive a year.
+const MAX_LINK_TTL: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
+
 fn link(args: &LinkArgs) -> Result<String, String> {
     let secret = args.secret.require()?;
+    check_id(&args.user, "--user").map_err(|error| error.to_string())?;
+    if args.ttl.is_zero() || args.ttl > MAX_LINK_TTL {
+        return Err(format!(
+            "--ttl {} is out of range: give a duration from 1s to 366d",
+            humantime::format_duration(args.ttl)
+        ));
+    }
     let ttl = chrono::Duration::from_std(args.ttl).map_err(|_| format!("--ttl {:?} is too long", args.ttl))?;
     let expires_at = (chrono::Utc::now() + ttl).timestamp();
     let token = ViewerKeys::new(secret).issue(&args.user, expires_at);

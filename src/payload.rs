@@ -161,6 +161,7 @@ macro_rules! numeric_stat {
         impl Stat {
             fn read_numbers(&mut self, object: &Map<String, Value>, path: &str) -> Result<(), PayloadError> {
                 $(self.$name = optional_number(object, stringify!($name), path)?;)*
+                $(check_stat_range(stringify!($name), self.$name, path)?;)*
                 Ok(())
             }
         }
@@ -394,11 +395,20 @@ fn parse_session_complete(
         .ok_or_else(|| PayloadError::new(session_fields.path("start_time"), "is missing"))?;
     let end_time = optional_time(session, "end_time", &session_fields.prefix)?;
     let unexpected_end_time = optional_time(session, "unexpected_end_time", &session_fields.prefix)?;
-    if let Some(end) = end_time.filter(|end| *end < start_time) {
-        return Err(PayloadError::new(
-            session_fields.path("end_time"),
-            format!("{end} is before start_time {start_time}"),
-        ));
+    if let Some(end) = end_time {
+        let seconds = (end - start_time).num_seconds();
+        if seconds < 0 {
+            return Err(PayloadError::new(
+                session_fields.path("end_time"),
+                format!("{end} is before start_time {start_time}"),
+            ));
+        }
+        if seconds as f64 > MAX_STAT_SECONDS {
+            return Err(PayloadError::new(
+                session_fields.path("end_time"),
+                format!("{end} is more than 48 hours after start_time {start_time}"),
+            ));
+        }
     }
 
     let timezone = read_timezone(fields, &session_fields)?;
@@ -555,7 +565,54 @@ fn validate_id(value: &Value, path: &str) -> Result<String, PayloadError> {
     if id.chars().any(char::is_control) {
         return Err(PayloadError::new(path, "must not contain control characters"));
     }
+    // Browsers and proxies resolve these path segments, so pages for such an
+    // id could never be reached.
+    if id == "." || id == ".." {
+        return Err(PayloadError::new(path, format!("{id:?} is not a usable id")));
+    }
     Ok(id.to_string())
+}
+
+/// Checks a user or session id given outside a payload, such as on the
+/// command line, by the same rules as ids in deliveries.
+pub fn check_id(id: &str, name: &str) -> Result<(), PayloadError> {
+    validate_id(&Value::String(id.to_string()), name).map(|_| ())
+}
+
+/// Longest duration a statistic may state, in seconds: the 48 hours a
+/// timeline may cover.
+const MAX_STAT_SECONDS: f64 = (MAX_EPOCHS as i64 * EPOCH_SECONDS) as f64;
+
+/// Checks a numeric statistic against the range its kind allows: ratios
+/// 0..1, scores 0..100, counts up to one per epoch, and durations up to
+/// 48 hours. A negative or absurd figure is a broken payload, not a night.
+fn check_stat_range(name: &str, value: Option<f64>, prefix: &str) -> Result<(), PayloadError> {
+    let Some(value) = value else {
+        return Ok(());
+    };
+    let (max, unit) = if name.ends_with("_ratio") {
+        (1.0, "a ratio")
+    } else if name == "sleep_index" {
+        (100.0, "a score")
+    } else if name.ends_with("_count") {
+        (MAX_EPOCHS as f64, "a count")
+    } else if name == "breathing_index" {
+        (f64::MAX, "an index")
+    } else {
+        (MAX_STAT_SECONDS, "a duration in seconds")
+    };
+    if value.is_finite() && (0.0..=max).contains(&value) {
+        return Ok(());
+    }
+    let range = if max == f64::MAX {
+        "at least 0".to_string()
+    } else {
+        format!("from 0 to {max}")
+    };
+    Err(PayloadError::new(
+        format!("{prefix}{name}"),
+        format!("must be {unit} {range}, got {value}"),
+    ))
 }
 
 fn optional_number(object: &Map<String, Value>, name: &str, prefix: &str) -> Result<Option<f64>, PayloadError> {
@@ -627,14 +684,17 @@ fn read_stat(object: &Map<String, Value>, prefix: &str) -> Result<Stat, PayloadE
     // A fraction (Asleep's documentation) and a percentage (integration
     // guides) share the field. No real night has an efficiency of 1 % or
     // less, so a value up to 1 is read as a fraction.
-    stat.sleep_efficiency = optional_number(object, "sleep_efficiency", prefix)?
-        .map(|value| if value <= 1.0 { value * 100.0 } else { value });
-    if let Some(percent) = stat.sleep_efficiency.filter(|percent| !(0.0..=100.0).contains(percent)) {
-        return Err(PayloadError::new(
-            format!("{prefix}sleep_efficiency"),
-            format!("must be a fraction 0..1 or a percentage 0..100, got {percent}"),
-        ));
-    }
+    stat.sleep_efficiency = match optional_number(object, "sleep_efficiency", prefix)? {
+        None => None,
+        Some(fraction) if (0.0..=1.0).contains(&fraction) => Some(fraction * 100.0),
+        Some(percent) if (1.0..=100.0).contains(&percent) => Some(percent),
+        Some(other) => {
+            return Err(PayloadError::new(
+                format!("{prefix}sleep_efficiency"),
+                format!("must be a fraction 0..1 or a percentage 0..100, got {other}"),
+            ));
+        }
+    };
 
     match object.get("sleep_cycle") {
         None | Some(Value::Null) => {}
@@ -857,11 +917,46 @@ mod tests {
                 json!({"event": "SESSION_COMPLETE", "session": {"id": "s", "timezone": "Mars/Base", "start_time": "2026-01-01T00:00:00Z", "sleep_stages": [0]}}),
                 "session.timezone",
             ),
+            (
+                json!({"event": "INFERENCE_COMPLETE", "session_id": "..", "seq_num": 1, "sleep_stages": [0]}),
+                "session_id",
+            ),
+            (
+                json!({"event": "SESSION_COMPLETE", "session": {"id": "s", "start_time": "2026-01-01T00:00:00Z", "end_time": "2036-01-01T00:00:00Z", "sleep_stages": [0]}}),
+                "session.end_time",
+            ),
+            (
+                json!({"event": "SESSION_COMPLETE", "session": {"id": "s", "start_time": "2026-01-01T00:00:00Z", "sleep_stages": [0]}, "stat": {"time_in_bed": -5}}),
+                "stat.time_in_bed",
+            ),
+            (
+                json!({"event": "SESSION_COMPLETE", "session": {"id": "s", "start_time": "2026-01-01T00:00:00Z", "sleep_stages": [0]}, "stat": {"time_in_bed": 1e300}}),
+                "stat.time_in_bed",
+            ),
+            (
+                json!({"event": "SESSION_COMPLETE", "session": {"id": "s", "start_time": "2026-01-01T00:00:00Z", "sleep_stages": [0]}, "stat": {"waso_count": -5}}),
+                "stat.waso_count",
+            ),
+            (
+                json!({"event": "SESSION_COMPLETE", "session": {"id": "s", "start_time": "2026-01-01T00:00:00Z", "sleep_stages": [0]}, "stat": {"rem_ratio": 1.5}}),
+                "stat.rem_ratio",
+            ),
+            (
+                json!({"event": "SESSION_COMPLETE", "session": {"id": "s", "start_time": "2026-01-01T00:00:00Z", "sleep_stages": [0]}, "stat": {"sleep_efficiency": -5}}),
+                "stat.sleep_efficiency",
+            ),
         ];
         for (body, field) in cases {
             let error = parse_delivery(&body, "u").unwrap_err();
             assert_eq!(error.field, field, "body {body}: {error}");
         }
+    }
+
+    #[test]
+    fn efficiency_error_shows_sent_value() {
+        let body = json!({"event": "SESSION_COMPLETE", "session": {"id": "s", "start_time": "2026-01-01T00:00:00Z", "sleep_stages": [0]}, "stat": {"sleep_efficiency": -5}});
+        let error = parse_delivery(&body, "u").unwrap_err();
+        assert!(error.problem.ends_with("got -5"), "{error}");
     }
 
     #[test]

@@ -149,8 +149,10 @@ impl LiveNight {
     }
 
     fn apply_result(&mut self, result: &InferenceResult, received_at_ms: i64) -> Option<crate::timeline::Change> {
-        let sent_ms = result.sent_at.map_or(received_at_ms, |sent| sent.timestamp_millis());
-        let bound = sent_ms - (i64::from(result.seq_num) + 1) * EPOCH_SECONDS * 1000;
+        // Arrival time, not the body's `timestamp`: replayed deliveries carry
+        // the time they were first sent, which would date a live view in the
+        // past. For Asleep's own deliveries the two differ by network delay.
+        let bound = received_at_ms - (i64::from(result.seq_num) + 1) * EPOCH_SECONDS * 1000;
         self.start_estimate_ms = Some(self.start_estimate_ms.map_or(bound, |known| known.min(bound)));
         self.timeline.apply_inference(result)
     }

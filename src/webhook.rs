@@ -4,9 +4,8 @@
 //! to the live room, answer. A 2xx answer is sent only after the commit.
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -22,12 +21,27 @@ use crate::storage::{NewEvent, Recorded};
 /// is about 100 KiB, so 1 MiB leaves ample room.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// Handles one delivery from Asleep.
-pub async fn receive(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, AppError> {
+/// Maximum time to receive a whole body. Asleep posts a few kilobytes at once,
+/// so only a stalled or hostile sender takes longer.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Handles one delivery from Asleep, logging every rejection so an operator
+/// notices a wrong key or a change in Asleep's payloads.
+pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, AppError> {
+    let outcome = intake(state, &headers, body).await;
+    if let Err(error) = &outcome {
+        let user_id = headers.get("x-user-id").and_then(|value| value.to_str().ok());
+        // NOTE: rejections are not rate-limited yet, so a flood of bad
+        // requests produces one warning each.
+        match error {
+            AppError::Unavailable(_) | AppError::Internal(_) => {}
+            _ => tracing::warn!(user_id, error = %error, "delivery rejected"),
+        }
+    }
+    outcome
+}
+
+async fn intake(state: AppState, headers: &HeaderMap, body: Body) -> Result<Response, AppError> {
     let presented = headers
         .get("x-api-key")
         .map(|value| value.as_bytes())
@@ -35,11 +49,15 @@ pub async fn receive(
     if !api_key_matches(presented, &state.api_keys) {
         return Err(AppError::BadApiKey);
     }
-    check_content_type(&headers)?;
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => AppError::BodyTooLarge(MAX_BODY_BYTES),
-        _ => AppError::BadBody(rejection.body_text()),
-    })?;
+    check_content_type(headers)?;
+    let declared_length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared_length.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return Err(AppError::BodyTooLarge(MAX_BODY_BYTES));
+    }
+    let body = read_body(body).await?;
     let header_user_id = match headers.get("x-user-id") {
         None => return Err(AppError::BadHeader("x-user-id", "is missing".to_string())),
         Some(value) => value
@@ -168,6 +186,24 @@ pub async fn receive(
     Ok(answer.into_response())
 }
 
+/// Reads the body within [`BODY_READ_TIMEOUT`] and [`MAX_BODY_BYTES`], so a
+/// sender that stalls or sends too much cannot hold a request open.
+async fn read_body(body: Body) -> Result<Bytes, AppError> {
+    match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Err(_) => Err(AppError::BodyTimeout(BODY_READ_TIMEOUT.as_secs())),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(error)) => {
+            let too_large =
+                std::error::Error::source(&error).is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                Err(AppError::BodyTooLarge(MAX_BODY_BYTES))
+            } else {
+                Err(AppError::BadBody(error.to_string()))
+            }
+        }
+    }
+}
+
 /// Accepts a missing `Content-Type` and any JSON type (`application/json`,
 /// `application/*+json`, with parameters); rejects the rest with 415.
 fn check_content_type(headers: &HeaderMap) -> Result<(), AppError> {
@@ -200,4 +236,36 @@ fn same_content(existing: Option<&str>, new: Option<&str>) -> bool {
             })
     };
     strip(existing) == strip(new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn oversized_body_is_too_large() {
+        let error = read_body(Body::from(vec![b' '; MAX_BODY_BYTES + 1])).await.unwrap_err();
+        assert!(matches!(error, AppError::BodyTooLarge(MAX_BODY_BYTES)), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn body_at_limit_is_read() {
+        let bytes = read_body(Body::from(vec![b' '; MAX_BODY_BYTES])).await.unwrap();
+        assert_eq!(bytes.len(), MAX_BODY_BYTES);
+    }
+
+    #[test]
+    fn json_content_types_are_accepted() {
+        for (value, accepted) in [
+            ("application/json", true),
+            ("application/json; charset=utf-8", true),
+            ("application/vnd.asleep+json", true),
+            ("text/plain", false),
+            ("application/x-www-form-urlencoded", false),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, value.parse().unwrap());
+            assert_eq!(check_content_type(&headers).is_ok(), accepted, "{value}");
+        }
+    }
 }

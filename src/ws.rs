@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Query, State};
 use axum::response::Response;
@@ -35,17 +37,21 @@ pub struct WsQuery {
 /// Checks the viewer's token for the requested user, then upgrades.
 pub async fn upgrade(
     State(state): State<AppState>,
-    Query(query): Query<WsQuery>,
-    ws: WebSocketUpgrade,
+    query: Result<Query<WsQuery>, QueryRejection>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
-    state.authorize_viewer(&query.user, query.token.as_deref())?;
+    let Query(query) = query.map_err(|rejection| {
+        AppError::BadQuery(format!("expected ?user=USER_ID&token=TOKEN: {}", rejection.body_text()))
+    })?;
+    let expires_at = state.authorize_viewer(&query.user, query.token.as_deref())?;
+    let ws = ws.map_err(|rejection| AppError::BadQuery(rejection.body_text()))?;
     Ok(ws
         .max_message_size(MAX_CLIENT_FRAME_BYTES)
         .max_frame_size(MAX_CLIENT_FRAME_BYTES)
-        .on_upgrade(move |socket| serve_viewer(state, query.user, socket)))
+        .on_upgrade(move |socket| serve_viewer(state, query.user, expires_at, socket)))
 }
 
-async fn serve_viewer(state: AppState, user_id: String, mut socket: WebSocket) {
+async fn serve_viewer(state: AppState, user_id: String, expires_at: i64, mut socket: WebSocket) {
     let subscription = match state.rooms.subscribe(&user_id).await {
         Ok(subscription) => subscription,
         Err(error) => {
@@ -67,6 +73,10 @@ async fn serve_viewer(state: AppState, user_id: String, mut socket: WebSocket) {
         socket.send(Message::Text(subscription.snapshot)).await?;
         let mut pings = interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
         let mut last_heard = Instant::now();
+        // The viewer link's access ends at its expiry, for open sockets too.
+        let seconds_left = (expires_at - chrono::Utc::now().timestamp()).max(0) as u64;
+        let link_expiry = tokio::time::sleep(Duration::from_secs(seconds_left));
+        tokio::pin!(link_expiry);
         loop {
             tokio::select! {
                 message = receiver.recv() => match message {
@@ -97,6 +107,10 @@ async fn serve_viewer(state: AppState, user_id: String, mut socket: WebSocket) {
                         return Ok(());
                     }
                     socket.send(Message::Ping(Default::default())).await?;
+                }
+                () = &mut link_expiry => {
+                    socket.send(close(close_code::POLICY, "viewer link expired; open a new link")).await?;
+                    return Ok(());
                 }
                 () = state.shutdown.cancelled() => {
                     socket.send(close(close_code::AWAY, "server restarting; reconnect")).await?;

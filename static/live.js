@@ -432,7 +432,8 @@
 
     let start = '—';
     if (night.startMs !== null) {
-      const note = night.startEstimated ? ` (estimated, ${viewerZone})` : ` (${night.timezone || 'UTC'})`;
+      // formatDateTime already names the zone.
+      const note = night.startEstimated ? ' (estimated)' : '';
       start = formatDateTime(night.startMs) + note;
     }
     element('start-time').textContent = start;

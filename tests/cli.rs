@@ -78,10 +78,41 @@ fn link_prints_verifiable_viewer_url() {
 
     let keys = ViewerKeys::new("link-secret");
     let now = chrono::Utc::now().timestamp();
-    assert_eq!(keys.verify(token, "alice/b", now), Ok(()));
+    assert!(keys.verify(token, "alice/b", now).is_ok());
     assert!(
         keys.verify(token, "alice/b", now + 2 * 3600 + 60).is_err(),
         "the link must expire after its ttl"
     );
     assert!(keys.verify(token, "alice", now).is_err());
+}
+
+#[test]
+fn link_rejects_unusable_input() {
+    let secret = [("DASHBOARD_SECRET", "link-secret")];
+    for (args, expected) in [
+        (&["link", "--user", ""][..], "--user: must not be empty"),
+        (&["link", "--user", ".."][..], "--user"),
+        (&["link", "--user", "alice", "--ttl", "0s"][..], "--ttl"),
+        (&["link", "--user", "alice", "--ttl", "5y"][..], "--ttl"),
+    ] {
+        let output = run(args, &secret);
+        assert!(!output.status.success(), "{args:?} must fail");
+        assert!(stderr(&output).contains(expected), "{args:?}: {}", stderr(&output));
+    }
+}
+
+#[test]
+fn serve_without_static_folder_names_it() {
+    let output = run(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--static-dir",
+            "/nonexistent-static",
+        ],
+        &[("ASLEEP_API_KEY", "k"), ("DASHBOARD_SECRET", "s")],
+    );
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("/nonexistent-static"), "{}", stderr(&output));
 }

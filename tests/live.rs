@@ -570,20 +570,7 @@ async fn client_text_message_closes_socket() {
 
     viewer.send_text("hello").await;
 
-    let closed = tokio::time::timeout(common::WAIT, async {
-        use futures_util::StreamExt;
-        loop {
-            match viewer.socket.next().await {
-                Some(Ok(tungstenite::Message::Close(frame))) => {
-                    return frame.map(|frame| u16::from(frame.code));
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return None,
-            }
-        }
-    })
-    .await
-    .expect("the server did not close the socket");
+    let closed = close_code(&mut viewer.socket).await;
     assert_eq!(closed, Some(1003), "a client text message is an unsupported frame");
     server.wait_for_rooms(0).await;
     server.stop().await;
@@ -595,10 +582,23 @@ async fn shutdown_closes_viewers_with_going_away() {
     let mut viewer = server.viewer("sleeper").await;
 
     let shutdown = tokio::spawn(async move { server.stop().await });
-    let code = tokio::time::timeout(common::WAIT, async {
-        use futures_util::StreamExt;
+    let code = close_code(&mut viewer.socket).await;
+    assert_eq!(code, Some(1001));
+    drop(viewer);
+    shutdown.await.expect("shutting down failed");
+}
+
+/// Reads until the server closes the socket and returns the close code, or
+/// `None` when the connection ended without a close frame.
+async fn close_code<S>(socket: &mut S) -> Option<u16>
+where
+    S: futures_util::Stream<Item = Result<tungstenite::Message, tungstenite::Error>> + Unpin,
+{
+    use futures_util::StreamExt;
+
+    tokio::time::timeout(common::WAIT, async {
         loop {
-            match viewer.socket.next().await {
+            match socket.next().await {
                 Some(Ok(tungstenite::Message::Close(frame))) => {
                     return frame.map(|frame| u16::from(frame.code));
                 }
@@ -608,8 +608,40 @@ async fn shutdown_closes_viewers_with_going_away() {
         }
     })
     .await
-    .expect("the server did not close the socket on shutdown");
-    assert_eq!(code, Some(1001));
-    drop(viewer);
-    shutdown.await.expect("shutting down failed");
+    .expect("the server did not close the socket")
+}
+
+#[tokio::test]
+async fn socket_closes_when_link_expires() {
+    let server = TestServer::start().await;
+    let expires_at = chrono::Utc::now().timestamp() + 2;
+    let token = sleep_dashboard::auth::ViewerKeys::new(common::SECRET).issue("brief", expires_at);
+    let (mut socket, _) = tokio_tungstenite::connect_async(server.ws_url("brief", Some(&token)))
+        .await
+        .expect("a token valid for two more seconds opens the socket");
+
+    assert_eq!(
+        close_code(&mut socket).await,
+        Some(1008),
+        "an expired link is a policy violation"
+    );
+    server.wait_for_rooms(0).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn socket_errors_are_json() {
+    let server = TestServer::start().await;
+
+    let no_user = server.get("/ws").await;
+    assert_eq!(no_user.status(), StatusCode::BAD_REQUEST);
+    let body: Value = no_user.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("user"), "{body}");
+
+    let token = viewer_token("plain");
+    let not_upgrade = server.get(&format!("/ws?user=plain&token={token}")).await;
+    assert_eq!(not_upgrade.status(), StatusCode::BAD_REQUEST);
+    let body: Value = not_upgrade.json().await.unwrap();
+    assert!(body["error"].is_string(), "{body}");
+    server.stop().await;
 }

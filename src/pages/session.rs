@@ -291,11 +291,15 @@ mod tests {
             sleep_stages: [vec![0; 20], vec![-1; 5], vec![1; 15]].concat(),
             snoring_stages: vec![0; 40],
             breath_stages: None,
-            sent_at: Some(DateTime::parse_from_rfc3339("2026-11-20T15:07:07+00:00").unwrap()),
+            sent_at: None,
         };
+        // The start is estimated from the arrival time: 40 epochs before it.
+        let received_at_ms = DateTime::parse_from_rfc3339("2026-11-20T15:07:07+00:00")
+            .unwrap()
+            .timestamp_millis();
         let events = SessionEvents {
             first_seen_ms: 0,
-            results: vec![(result, 0)],
+            results: vec![(result, received_at_ms)],
             report: None,
         };
         let document = SessionDocument::from_events("u", "s", &events);
