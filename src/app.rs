@@ -21,6 +21,7 @@ use crate::error::AppError;
 use crate::pages::PageError;
 use crate::rooms::Rooms;
 use crate::storage::{Durability, StorageError, Store};
+use crate::ws::Heartbeat;
 use crate::{pages, webhook, ws};
 
 /// Settings a server starts with.
@@ -34,6 +35,8 @@ pub struct ServerConfig {
     pub dashboard_secret: String,
     /// Folder served under `/static`.
     pub static_dir: PathBuf,
+    /// Ping interval and dead-socket timeout of viewer WebSockets.
+    pub heartbeat: Heartbeat,
 }
 
 /// State shared by every handler: cheap to clone, all `Arc`s inside.
@@ -46,6 +49,7 @@ pub struct AppState {
     /// Cancelled when the server begins to shut down, so long-lived sockets
     /// close with 1001 and browsers reconnect.
     pub shutdown: CancellationToken,
+    pub heartbeat: Heartbeat,
 }
 
 impl AppState {
@@ -99,6 +103,7 @@ impl RunningServer {
             api_keys: Arc::new(config.api_keys),
             viewer_keys: ViewerKeys::new(&config.dashboard_secret),
             shutdown: CancellationToken::new(),
+            heartbeat: config.heartbeat,
         };
         let addr = listener.local_addr().map_err(sqlx::Error::Io)?;
         let app = router(state.clone(), config.static_dir);

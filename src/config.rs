@@ -57,6 +57,14 @@ pub struct ServeArgs {
     #[arg(long, env = "SLEEP_DASHBOARD_PUBLIC_URL")]
     pub public_url: Option<String>,
 
+    /// Interval between pings on an idle viewer WebSocket, such as `20s`.
+    #[arg(long, env = "SLEEP_DASHBOARD_WS_PING_INTERVAL", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub ws_ping_interval: Duration,
+
+    /// Silence after which a viewer WebSocket counts as dead and is closed.
+    #[arg(long, env = "SLEEP_DASHBOARD_WS_DEAD_AFTER", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub ws_dead_after: Duration,
+
     /// Folder of static assets served under /static.
     #[arg(long, env = "SLEEP_DASHBOARD_STATIC_DIR", default_value = default_static_dir())]
     pub static_dir: PathBuf,

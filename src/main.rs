@@ -10,6 +10,7 @@ use sleep_dashboard::config::{Cli, Command, LinkArgs, ServeArgs, require};
 use sleep_dashboard::payload::check_id;
 use sleep_dashboard::report::live_path;
 use sleep_dashboard::signal::shutdown_signal;
+use sleep_dashboard::ws::Heartbeat;
 use sleep_dashboard::{demo, send};
 
 #[tokio::main]
@@ -44,6 +45,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             "DASHBOARD_SECRET is short; viewer links are only as hard to forge as it is to guess"
         );
     }
+    if args.ws_ping_interval.is_zero() || args.ws_dead_after <= args.ws_ping_interval {
+        return Err("--ws-dead-after must be longer than --ws-ping-interval, and both above zero".to_string());
+    }
     if !args.static_dir.join("live.js").is_file() {
         return Err(format!(
             "static assets not found in {}: pass --static-dir with the static/ folder of this repository",
@@ -56,6 +60,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         api_keys: vec![api_key.to_string()],
         dashboard_secret: secret.to_string(),
         static_dir: args.static_dir.clone(),
+        heartbeat: Heartbeat {
+            ping_interval: args.ws_ping_interval,
+            dead_after: args.ws_dead_after,
+        },
     };
 
     let listener = TcpListener::bind(args.listen)

@@ -18,11 +18,24 @@ use tokio::time::{Instant, interval_at};
 use crate::app::AppState;
 use crate::error::AppError;
 
-/// How often an idle socket is pinged.
-const PING_INTERVAL: Duration = Duration::from_secs(20);
+/// How the server tells live viewers from vanished ones.
+#[derive(Debug, Clone, Copy)]
+pub struct Heartbeat {
+    /// How often an idle socket is pinged.
+    pub ping_interval: Duration,
+    /// A socket that sent nothing, not even a pong, for this long is dead
+    /// and closed. Several ping intervals, so one lost pong is not fatal.
+    pub dead_after: Duration,
+}
 
-/// A socket that sent nothing, not even a pong, for this long is dead.
-const DEAD_AFTER: Duration = Duration::from_secs(60);
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(20),
+            dead_after: Duration::from_secs(60),
+        }
+    }
+}
 
 /// Largest frame a client may send. Clients only send pongs and close frames, so
 /// a small limit keeps a hostile client from making the server buffer much.
@@ -71,7 +84,8 @@ async fn serve_viewer(state: AppState, user_id: String, expires_at: i64, mut soc
 
     let outcome = async {
         socket.send(Message::Text(subscription.snapshot)).await?;
-        let mut pings = interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
+        let heartbeat = state.heartbeat;
+        let mut pings = interval_at(Instant::now() + heartbeat.ping_interval, heartbeat.ping_interval);
         let mut last_heard = Instant::now();
         // The viewer link's access ends at its expiry, for open sockets too.
         let seconds_left = (expires_at - chrono::Utc::now().timestamp()).max(0) as u64;
@@ -102,7 +116,7 @@ async fn serve_viewer(state: AppState, user_id: String, expires_at: i64, mut soc
                     Some(Err(error)) => return Err(error),
                 },
                 _ = pings.tick() => {
-                    if last_heard.elapsed() > DEAD_AFTER {
+                    if last_heard.elapsed() > heartbeat.dead_after {
                         tracing::debug!(user_id, "viewer stopped responding to pings; closing");
                         return Ok(());
                     }

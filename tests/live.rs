@@ -645,3 +645,22 @@ async fn socket_errors_are_json() {
     assert!(body["error"].is_string(), "{body}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn silent_client_is_closed_as_dead() {
+    let heartbeat = sleep_dashboard::ws::Heartbeat {
+        ping_interval: Duration::from_millis(100),
+        dead_after: Duration::from_millis(400),
+    };
+    let server = TestServer::start_with(heartbeat).await;
+
+    // A client that never reads never answers pings, as if it vanished
+    // without a close frame.
+    let (socket, _) = tokio_tungstenite::connect_async(server.ws_url("vanished", Some(&viewer_token("vanished"))))
+        .await
+        .unwrap();
+    server.wait_for_rooms(1).await;
+    server.wait_for_rooms(0).await;
+    drop(socket);
+    server.stop().await;
+}

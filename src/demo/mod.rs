@@ -61,6 +61,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         api_keys: vec![credentials.api_key.clone()],
         dashboard_secret: credentials.dashboard_secret.clone(),
         static_dir: PathBuf::from(crate::config::default_static_dir()),
+        heartbeat: Default::default(),
     };
     let mut server = RunningServer::start(config, listener)
         .await
@@ -389,6 +390,7 @@ mod tests {
             api_keys: vec!["demo-key".to_string()],
             dashboard_secret: "demo-secret".to_string(),
             static_dir: folder.path().to_path_buf(),
+            heartbeat: Default::default(),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = RunningServer::start(config, listener).await.unwrap();

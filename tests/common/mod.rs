@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use sleep_dashboard::app::{RunningServer, ServerConfig};
 use sleep_dashboard::auth::ViewerKeys;
 use sleep_dashboard::storage::Durability;
+use sleep_dashboard::ws::Heartbeat;
 use tempfile::TempDir;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
@@ -41,9 +42,14 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server on a fresh, empty database.
     pub async fn start() -> Self {
+        Self::start_with(Heartbeat::default()).await
+    }
+
+    /// Starts a server on a fresh, empty database with the given heartbeat.
+    pub async fn start_with(heartbeat: Heartbeat) -> Self {
         let folder = tempfile::tempdir().expect("creating a temporary folder failed");
         let database = folder.path().join("events.sqlite3");
-        let server = start_server(&database).await;
+        let server = start_server(&database, heartbeat).await;
         Self {
             server,
             client: reqwest::Client::new(),
@@ -61,7 +67,7 @@ impl TestServer {
             folder,
         } = self;
         server.shutdown().await;
-        let server = start_server(&database).await;
+        let server = start_server(&database, Heartbeat::default()).await;
         Self {
             server,
             client,
@@ -167,7 +173,7 @@ impl TestServer {
     }
 }
 
-async fn start_server(database: &Path) -> RunningServer {
+async fn start_server(database: &Path, heartbeat: Heartbeat) -> RunningServer {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("binding a loopback port failed");
@@ -177,6 +183,7 @@ async fn start_server(database: &Path) -> RunningServer {
         api_keys: vec![API_KEY.to_string()],
         dashboard_secret: SECRET.to_string(),
         static_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("static"),
+        heartbeat,
     };
     RunningServer::start(config, listener)
         .await
