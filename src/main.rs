@@ -92,7 +92,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
 /// bytes, the size of the HMAC-SHA256 output it keys.
 const MIN_SECRET_BYTES: usize = 32;
 
-/// Longest validity `link` issues; a leaked link should not outlive a year.
+/// Maximum validity of a link from `link`, so a leaked link cannot outlive a year.
 const MAX_LINK_TTL: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
 
 fn link(args: &LinkArgs) -> Result<String, String> {

@@ -18,7 +18,7 @@ use tokio::time::{Instant, interval_at};
 use crate::app::AppState;
 use crate::error::AppError;
 
-/// How the server tells live viewers from vanished ones.
+/// Settings that separate live viewers from vanished ones.
 #[derive(Debug, Clone, Copy)]
 pub struct Heartbeat {
     /// How often an idle socket is pinged.

@@ -654,7 +654,7 @@ async fn silent_client_is_closed_as_dead() {
     };
     let server = TestServer::start_with(heartbeat).await;
 
-    // A client that never reads never answers pings, as if it vanished
+    // A client that never reads never sends pongs, as if it vanished
     // without a close frame.
     let (socket, _) = tokio_tungstenite::connect_async(server.ws_url("vanished", Some(&viewer_token("vanished"))))
         .await
