@@ -95,6 +95,8 @@ pub struct SessionEntry {
     pub session_id: String,
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
+    /// Epochs the partial results cover so far: the highest `seq_num` + 1.
+    pub epochs_so_far: Option<i64>,
     pub report: Option<FinalReport>,
 }
 
@@ -265,7 +267,10 @@ impl Store {
     /// Lists a user's sessions, newest first, with their final reports.
     pub async fn sessions(&self, user_id: &str) -> Result<Vec<SessionEntry>, StorageError> {
         let rows = sqlx::query(
-            "SELECT s.session_id, s.first_seen_ms, s.last_seen_ms, e.id, e.normalized
+            "SELECT s.session_id, s.first_seen_ms, s.last_seen_ms, e.id, e.normalized,
+                 (SELECT max(p.seq_num) + 1 FROM events p
+                  WHERE p.user_id = s.user_id AND p.session_id = s.session_id
+                      AND p.event = 'INFERENCE_COMPLETE') AS epochs_so_far
              FROM sessions s
              LEFT JOIN events e ON e.user_id = s.user_id AND e.session_id = s.session_id
                  AND e.event = 'SESSION_COMPLETE'
@@ -286,6 +291,7 @@ impl Store {
                     session_id: row.get("session_id"),
                     first_seen_ms: row.get("first_seen_ms"),
                     last_seen_ms: row.get("last_seen_ms"),
+                    epochs_so_far: row.get("epochs_so_far"),
                     report,
                 })
             })

@@ -220,6 +220,11 @@ async fn partial_night_report_is_in_progress() {
     assert!(html.contains(r#"id="in-progress""#));
     assert!(html.contains(r#"data-complete="false""#));
     assert!(html.contains(r#"<svg id="hypnogram""#));
+
+    // 150 epochs of 30 s: the history shows the night's length so far.
+    assert_eq!(epochs, 150);
+    let history = fetch_ok(&server, &format!("/users/{}?token={token}", night.user_id())).await;
+    assert!(history.contains("1 h 15 min so far"), "{history}");
     server.stop().await;
 }
 

@@ -8,6 +8,7 @@ use chrono_tz::Tz;
 
 use super::{PageError, ViewerToken, error::render_failed, with_token};
 use crate::app::AppState;
+use crate::payload::EPOCH_SECONDS;
 use crate::report::{
     Headline, Source, format_clock, format_date, format_duration, format_percent, live_path, parse_zone, report_path,
 };
@@ -44,7 +45,9 @@ impl NightRow {
                 complete: false,
                 date: format_date(&first_seen, Tz::UTC),
                 start: format!("first results at {} UTC", format_clock(&first_seen, Tz::UTC)),
-                duration: None,
+                duration: entry
+                    .epochs_so_far
+                    .map(|epochs| format!("{} so far", format_duration(epochs * EPOCH_SECONDS))),
                 efficiency: None,
                 efficiency_source: None,
                 sort_key: entry.first_seen_ms,
@@ -142,6 +145,7 @@ mod tests {
             session_id: session_id.to_string(),
             first_seen_ms,
             last_seen_ms: first_seen_ms,
+            epochs_so_far: None,
             report,
         }
     }
@@ -186,6 +190,14 @@ mod tests {
             row.report_href,
             "/users/G-20261101-demo-user-0001/sessions/20261120872578_72109?token=t"
         );
+    }
+
+    #[test]
+    fn night_in_progress_shows_length_so_far() {
+        let mut in_progress = entry("tonight", "2026-11-20T22:00:00Z", None);
+        in_progress.epochs_so_far = Some(120);
+        let row = &rows("u", &[in_progress], "t")[0];
+        assert_eq!(row.duration.as_deref(), Some("1 h so far"));
     }
 
     #[test]
