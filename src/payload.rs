@@ -182,6 +182,80 @@ numeric_stat! {
     breathing_index,
 }
 
+/// Parses a body as JSON, rejecting an object that repeats a key. Plain
+/// `serde_json` keeps the last copy silently, which would let a body say
+/// two things about one field and be read as either.
+pub fn parse_json(body: &[u8]) -> Result<Value, serde_json::Error> {
+    serde_json::from_slice::<StrictValue>(body).map(|strict| strict.0)
+}
+
+/// A JSON value whose objects have unique keys.
+struct StrictValue(Value);
+
+impl<'de> serde::Deserialize<'de> for StrictValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Value, E> {
+        Ok(Value::Bool(value))
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<Value, E> {
+        Ok(Value::from(value))
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<Value, E> {
+        Ok(Value::from(value))
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Value, E> {
+        Ok(Value::String(value.to_string()))
+    }
+
+    fn visit_string<E>(self, value: String) -> Result<Value, E> {
+        Ok(Value::String(value))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<Value, A::Error> {
+        let mut values = Vec::with_capacity(items.size_hint().unwrap_or(0).min(MAX_EPOCHS));
+        while let Some(StrictValue(item)) = items.next_element()? {
+            values.push(item);
+        }
+        Ok(Value::Array(values))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut entries: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = entries.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!("duplicate key {key:?}")));
+            }
+            let StrictValue(value) = entries.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
 /// Parses and validates a webhook body.
 ///
 /// `header_user_id` is the `x-user-id` header; when the body names a user too,
@@ -957,6 +1031,29 @@ mod tests {
         let body = json!({"event": "SESSION_COMPLETE", "session": {"id": "s", "start_time": "2026-01-01T00:00:00Z", "sleep_stages": [0]}, "stat": {"sleep_efficiency": -5}});
         let error = parse_delivery(&body, "u").unwrap_err();
         assert!(error.problem.ends_with("got -5"), "{error}");
+    }
+
+    #[test]
+    fn duplicate_keys_are_rejected() {
+        let error =
+            parse_json(br#"{"event": "INFERENCE_COMPLETE", "data": {"seq_num": 9, "seq_num": 19}}"#).unwrap_err();
+        assert!(error.to_string().contains(r#"duplicate key "seq_num""#), "{error}");
+        assert!(error.to_string().contains("line 1 column"), "{error}");
+    }
+
+    #[test]
+    fn strict_parse_matches_plain_parse() {
+        let body = std::fs::read(format!(
+            "{}/tests/fixtures/single/session-enveloped.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let plain: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(parse_json(&body).unwrap(), plain);
+        assert_eq!(
+            parse_json(b"[1, -2, 3.5, true, null, \"x\"]").unwrap(),
+            serde_json::json!([1, -2, 3.5, true, null, "x"])
+        );
     }
 
     #[test]

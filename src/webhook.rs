@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::app::AppState;
 use crate::auth::api_key_matches;
 use crate::error::AppError;
-use crate::payload::{Delivery, INFERENCE_COMPLETE, SESSION_COMPLETE, parse_delivery};
+use crate::payload::{Delivery, INFERENCE_COMPLETE, SESSION_COMPLETE, parse_delivery, parse_json};
 use crate::rooms::Applied;
 use crate::storage::{NewEvent, Recorded};
 
@@ -65,7 +65,7 @@ async fn intake(state: AppState, headers: &HeaderMap, body: Body) -> Result<Resp
             .map_err(|_| AppError::BadHeader("x-user-id", "must be visible ASCII".to_string()))?,
     };
 
-    let json: Value = serde_json::from_slice(&body).map_err(|error| AppError::MalformedJson(error.to_string()))?;
+    let json = parse_json(&body).map_err(|error| AppError::MalformedJson(error.to_string()))?;
     let delivery = parse_delivery(&json, header_user_id)?;
     // The body parsed as JSON, so it is valid UTF-8.
     let raw = std::str::from_utf8(&body).map_err(|error| AppError::Internal(error.to_string()))?;

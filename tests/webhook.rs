@@ -467,3 +467,20 @@ async fn unavailable_database_is_503_with_retry_after() {
     let answer = JsonResponse::read(response).await;
     assert!(answer.error().contains("database"), "{}", answer.body);
 }
+
+#[tokio::test]
+async fn duplicate_key_is_rejected() {
+    let server = TestServer::start().await;
+    let body = r#"{"event": "INFERENCE_COMPLETE", "version": "V3", "data": {"user_id": "webhook-user", "session_id": "s", "seq_num": 9, "seq_num": 19, "sleep_stages": [0]}}"#;
+
+    let answer = server.deliver(USER, body).await;
+
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.body);
+    assert_eq!(answer.field(), "body");
+    assert!(
+        answer.error().contains(r#"duplicate key "seq_num""#),
+        "{}",
+        answer.error()
+    );
+    assert_eq!(server.event_count().await, 0, "a rejected delivery stores nothing");
+}
