@@ -183,8 +183,8 @@ numeric_stat! {
 }
 
 /// Parses a body as JSON, rejecting an object that repeats a key. Plain
-/// `serde_json` keeps the last copy silently, which would let a body say
-/// two things about one field and be read as either.
+/// `serde_json` keeps the last copy silently, which would let a body give
+/// two values for one field and be read as either.
 pub fn parse_json(body: &[u8]) -> Result<Value, serde_json::Error> {
     serde_json::from_slice::<StrictValue>(body).map(|strict| strict.0)
 }
@@ -653,7 +653,7 @@ pub fn check_id(id: &str, name: &str) -> Result<(), PayloadError> {
     validate_id(&Value::String(id.to_string()), name).map(|_| ())
 }
 
-/// Longest duration a statistic may state, in seconds: the 48 hours a
+/// Maximum duration a statistic may state, in seconds: the 48 hours a
 /// timeline may cover.
 const MAX_STAT_SECONDS: f64 = (MAX_EPOCHS as i64 * EPOCH_SECONDS) as f64;
 

@@ -50,7 +50,7 @@ pub enum ServerMessage<'a> {
     },
 }
 
-/// Where the night sits in time.
+/// Position of the night in time.
 #[derive(Debug, Clone, Serialize)]
 pub struct Clock<'a> {
     /// Start of epoch 0, RFC 3339. Estimated from arrival times until the

@@ -3,8 +3,8 @@
 //!
 //! A room exists only while someone watches. It is created and loaded from
 //! the database by the first subscriber and removed when the last one leaves,
-//! because the stored events can always rebuild it. Webhooks for users nobody
-//! watches only touch the database.
+//! because the stored events can always rebuild it. Webhooks for users
+//! without viewers only touch the database.
 
 use std::sync::{Arc, Mutex};
 
@@ -265,7 +265,7 @@ impl Room {
             return;
         }
         if let Some(message) = state.night.apply(&applied) {
-            // An error only means nobody is subscribed at this instant.
+            // An error only means no viewer is subscribed at this instant.
             let _ = self.sender.send(Utf8Bytes::from(message));
         }
     }
@@ -300,7 +300,7 @@ impl Rooms {
         }
     }
 
-    /// Returns the number of rooms, which falls back to zero when nobody watches.
+    /// Returns the number of rooms, which falls back to zero when no viewer is connected.
     pub fn len(&self) -> usize {
         self.rooms.len()
     }
@@ -320,7 +320,7 @@ impl Rooms {
     /// Joins the user's room, creating and loading it if needed.
     pub async fn subscribe(&self, user_id: &str) -> Result<Subscription, StorageError> {
         // If this future is dropped or fails before it subscribes, the room it
-        // may have created must not stay behind with nobody in it.
+        // may have created must not stay behind without subscribers.
         let cleanup = LeaveOnDrop { rooms: self, user_id };
         loop {
             let room = Arc::clone(

@@ -1,7 +1,7 @@
 //! Storage: the raw event log and the session index in an embedded SQLite
 //! database.
 //!
-//! Every delivery is committed before the webhook is answered. SQLite runs in
+//! Every delivery is committed before the webhook responds. SQLite runs in
 //! WAL mode; with `synchronous=FULL` (the default) a commit also survives power
 //! loss, with `NORMAL` it survives a crash of this process but the last commits
 //! may be lost if the machine loses power.
@@ -58,7 +58,7 @@ pub enum StorageError {
     Corrupt { id: i64, source: serde_json::Error },
 }
 
-/// How hard SQLite works to make a commit durable.
+/// Durability level of a SQLite commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Durability {
     /// `synchronous=FULL`: a commit survives a process crash and power loss.

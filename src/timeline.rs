@@ -3,7 +3,7 @@
 //!
 //! The rules make the result independent of arrival order, so a timeline
 //! rebuilt from the stored events after a restart equals the live one:
-//! an epoch holds the value from the highest `seq_num` that covered it, and
+//! an epoch contains the value from the highest `seq_num` that covered it, and
 //! once the final report has arrived its arrays are the timeline.
 
 use serde::Serialize;

@@ -1,7 +1,7 @@
 //! Webhook intake: `POST /asleep-webhook`.
 //!
 //! The path reads top to bottom: authenticate, parse, validate, commit, apply
-//! to the live room, answer. A 2xx answer is sent only after the commit.
+//! to the live room, respond. A 2xx response is sent only after the commit.
 
 use axum::Json;
 use axum::body::{Body, Bytes};

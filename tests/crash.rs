@@ -1,5 +1,5 @@
 //! Durability of acknowledged deliveries: the release promise is that a 2xx
-//! means committed, so a SIGKILL right after the answer loses nothing.
+//! means committed, so a SIGKILL right after the response loses nothing.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -90,7 +90,7 @@ async fn sigkill_after_answer_loses_nothing() {
     assert_eq!(store.event_count().await.unwrap(), acknowledged);
     store.close().await;
 
-    // A restarted server knows every acknowledged delivery and takes the rest.
+    // A restarted server has every acknowledged delivery and takes the rest.
     let (mut child, url) = start_binary(&database);
     for (index, event) in events.iter().enumerate() {
         let (status, answer) = post(&client, &url, event).await.unwrap();
