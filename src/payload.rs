@@ -1,8 +1,8 @@
 //! Payload model: turns a webhook body into a validated [`Delivery`].
 //!
 //! Asleep sends two body shapes. The enveloped one nests the fields under
-//! `data` (or `callback_data`, with `callback_event` and `callback_version`
-//! beside it); the flat one puts them next to `event` and `version`. Both are
+//! `data`, or under `callback_data` next to `callback_event` and
+//! `callback_version`. The flat one puts them next to `event` and `version`. Both are
 //! read here, unknown fields are ignored, and every rejection names the field
 //! it is about so the sender can fix its payload.
 

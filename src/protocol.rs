@@ -3,7 +3,6 @@
 
 use serde::Serialize;
 
-use crate::payload::EPOCH_SECONDS;
 use crate::report::Headline;
 
 /// A message to viewers, serialized once per room and shared by every
@@ -60,10 +59,6 @@ pub struct Clock<'a> {
     /// The session's IANA zone, known only once the final report arrived.
     pub timezone: Option<&'a str>,
 }
-
-/// Length of one epoch, repeated in every snapshot so clients need no
-/// constant of their own.
-pub const SNAPSHOT_EPOCH_SECONDS: i64 = EPOCH_SECONDS;
 
 impl ServerMessage<'_> {
     /// Serializes the message into a text frame's payload.

@@ -416,6 +416,13 @@ mod tests {
         }
     }
 
+    async fn empty_rooms(folder: &tempfile::TempDir) -> Rooms {
+        let store = Store::open(&folder.path().join("rooms.sqlite3"), Durability::Normal)
+            .await
+            .unwrap();
+        Rooms::new(store)
+    }
+
     fn parse(text: &str) -> Value {
         serde_json::from_str(text).unwrap()
     }
@@ -423,10 +430,7 @@ mod tests {
     #[tokio::test]
     async fn lagging_subscriber_resyncs_from_snapshot() {
         let folder = tempfile::tempdir().unwrap();
-        let store = Store::open(&folder.path().join("rooms.sqlite3"), Durability::Normal)
-            .await
-            .unwrap();
-        let rooms = Rooms::new(store);
+        let rooms = empty_rooms(&folder).await;
         let mut subscription = rooms.subscribe("u").await.unwrap();
         assert_eq!(parse(&subscription.snapshot)["session_id"], Value::Null);
 
@@ -460,10 +464,7 @@ mod tests {
     #[tokio::test]
     async fn unwatched_user_gets_no_room() {
         let folder = tempfile::tempdir().unwrap();
-        let store = Store::open(&folder.path().join("rooms.sqlite3"), Durability::Normal)
-            .await
-            .unwrap();
-        let rooms = Rooms::new(store);
+        let rooms = empty_rooms(&folder).await;
         rooms.apply("nobody-watches", applied(3));
         assert!(rooms.is_empty());
     }

@@ -331,8 +331,8 @@ pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     Some((date.with_timezone(&Utc) - now).to_std().unwrap_or(Duration::ZERO))
 }
 
-/// How the receiver classified a delivery it accepted with 2xx, from the
-/// `status` field of its JSON response.
+/// Classification of a delivery the receiver accepted with 2xx, taken from
+/// the `status` field of its JSON response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Accepted,

@@ -2,9 +2,9 @@
 //! database.
 //!
 //! Every delivery is committed before the webhook responds. SQLite runs in
-//! WAL mode; with `synchronous=FULL` (the default) a commit also survives power
-//! loss, with `NORMAL` it survives a crash of this process but the last commits
-//! may be lost if the machine loses power.
+//! WAL mode. With `synchronous=FULL` (the default) a commit also survives
+//! power loss. With `NORMAL` it survives a crash of this process, but the last
+//! commits may be lost if the machine loses power.
 //!
 //! Idempotency rests on two partial unique indexes rather than a
 //! read-then-write check, so concurrent repeats of one delivery cannot both be
@@ -76,7 +76,7 @@ pub struct NewEvent<'a> {
     pub session_id: Option<&'a str>,
     pub seq_num: Option<u32>,
     pub body: &'a str,
-    pub normalized: Option<String>,
+    pub normalized: Option<&'a str>,
 }
 
 /// Outcome of committing a delivery.
@@ -165,7 +165,7 @@ impl Store {
         .bind(event.session_id)
         .bind(event.seq_num.map(i64::from))
         .bind(event.body)
-        .bind(event.normalized.as_deref())
+        .bind(event.normalized)
         .execute(&mut *transaction)
         .await?
         .rows_affected();

@@ -1,10 +1,10 @@
 //! Timeline assembly: one value per 30-second epoch for one session, built
 //! from overlapping partial results and replaced by the final report.
 //!
-//! The rules make the result independent of arrival order, so a timeline
-//! rebuilt from the stored events after a restart equals the live one:
-//! an epoch contains the value from the highest `seq_num` that covered it, and
-//! once the final report has arrived its arrays are the timeline.
+//! An epoch contains the value from the highest `seq_num` that covered it,
+//! and once the final report has arrived its arrays are the timeline. These
+//! rules make the result independent of arrival order, so a timeline rebuilt
+//! from the stored events after a restart equals the live one.
 
 use serde::Serialize;
 

@@ -97,7 +97,7 @@ async fn intake(state: AppState, headers: &HeaderMap, body: Body) -> Result<Resp
             session_id,
             seq_num,
             body: raw,
-            normalized: normalized.clone(),
+            normalized: normalized.as_deref(),
         })
         .await?;
 

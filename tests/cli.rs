@@ -22,37 +22,22 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-#[test]
-fn serve_without_api_key_names_it() {
-    let output = run(&["serve", "--listen", "127.0.0.1:0"], &[("DASHBOARD_SECRET", "s")]);
-    assert!(!output.status.success());
-    assert!(
-        stderr(&output).contains("ASLEEP_API_KEY is not set"),
-        "{}",
-        stderr(&output)
-    );
-}
+/// Arguments, environment, and the text stderr must contain.
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
 
 #[test]
-fn serve_without_secret_names_it() {
-    let output = run(&["serve", "--listen", "127.0.0.1:0"], &[("ASLEEP_API_KEY", "k")]);
-    assert!(!output.status.success());
-    assert!(
-        stderr(&output).contains("DASHBOARD_SECRET is not set"),
-        "{}",
-        stderr(&output)
-    );
-}
-
-#[test]
-fn link_without_secret_names_it() {
-    let output = run(&["link", "--user", "alice"], &[]);
-    assert!(!output.status.success());
-    assert!(
-        stderr(&output).contains("DASHBOARD_SECRET is not set"),
-        "{}",
-        stderr(&output)
-    );
+fn missing_secret_is_named() {
+    let serve = ["serve", "--listen", "127.0.0.1:0"];
+    let cases: [Case; 3] = [
+        (&serve, &[("DASHBOARD_SECRET", "s")], "ASLEEP_API_KEY is not set"),
+        (&serve, &[("ASLEEP_API_KEY", "k")], "DASHBOARD_SECRET is not set"),
+        (&["link", "--user", "alice"], &[], "DASHBOARD_SECRET is not set"),
+    ];
+    for (args, env, expected) in cases {
+        let output = run(args, env);
+        assert!(!output.status.success(), "{args:?} must fail");
+        assert!(stderr(&output).contains(expected), "{args:?}: {}", stderr(&output));
+    }
 }
 
 #[test]

@@ -82,7 +82,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     outcome
 }
 
-/// How [`present`] ended.
+/// Outcome of [`present`].
 enum Ending {
     /// A signal arrived or the playback failed, and the server still runs.
     WhileRunning(Result<(), String>),
