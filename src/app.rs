@@ -20,6 +20,7 @@ use crate::auth::{TokenError, ViewerKeys};
 use crate::error::AppError;
 use crate::pages::PageError;
 use crate::rooms::Rooms;
+use crate::statistics::StageModel;
 use crate::storage::{Durability, StorageError, Store};
 use crate::ws::Heartbeat;
 use crate::{pages, webhook, ws};
@@ -37,6 +38,8 @@ pub struct ServerConfig {
     pub static_dir: PathBuf,
     /// Ping interval and dead-socket timeout of viewer WebSockets.
     pub heartbeat: Heartbeat,
+    /// How stage codes are read.
+    pub stage_model: StageModel,
 }
 
 /// State shared by every handler: cheap to clone, all `Arc`s inside.
@@ -50,6 +53,7 @@ pub struct AppState {
     /// close with 1001 and browsers reconnect.
     pub shutdown: CancellationToken,
     pub heartbeat: Heartbeat,
+    pub stage_model: StageModel,
 }
 
 impl AppState {
@@ -104,6 +108,7 @@ impl RunningServer {
             viewer_keys: ViewerKeys::new(&config.dashboard_secret),
             shutdown: CancellationToken::new(),
             heartbeat: config.heartbeat,
+            stage_model: config.stage_model,
         };
         let addr = listener.local_addr().map_err(sqlx::Error::Io)?;
         let app = router(state.clone(), config.static_dir);

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::statistics::StageModel;
 use crate::storage::Durability;
 
 #[derive(Debug, Parser)]
@@ -68,6 +69,12 @@ pub struct ServeArgs {
     /// Folder of static assets served under /static.
     #[arg(long, env = "SLEEP_DASHBOARD_STATIC_DIR", default_value = default_static_dir())]
     pub static_dir: PathBuf,
+
+    /// How stage codes are read: `four` (wake, light, deep, REM), `two`
+    /// (wake and sleep, Asleep's basic plan), or `auto`, which reads a night
+    /// without any deep or REM epoch as two-stage.
+    #[arg(long, env = "SLEEP_DASHBOARD_STAGE_MODEL", value_enum, default_value = "auto")]
+    pub stage_model: StageModel,
 }
 
 #[derive(Debug, Args)]

@@ -19,6 +19,7 @@ pub mod report;
 pub mod rooms;
 pub mod send;
 pub mod signal;
+pub mod statistics;
 pub mod storage;
 pub mod timeline;
 pub mod webhook;

@@ -64,6 +64,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             ping_interval: args.ws_ping_interval,
             dead_after: args.ws_dead_after,
         },
+        stage_model: args.stage_model,
     };
 
     let listener = TcpListener::bind(args.listen)

@@ -47,9 +47,17 @@ impl TestServer {
 
     /// Starts a server on a fresh, empty database with the given heartbeat.
     pub async fn start_with(heartbeat: Heartbeat) -> Self {
+        Self::start_configured(|config| config.heartbeat = heartbeat).await
+    }
+
+    /// Starts a server on a fresh, empty database with the test settings
+    /// as changed by `configure`.
+    pub async fn start_configured(configure: impl FnOnce(&mut ServerConfig)) -> Self {
         let folder = tempfile::tempdir().expect("creating a temporary folder failed");
         let database = folder.path().join("events.sqlite3");
-        let server = start_server(&database, heartbeat).await;
+        let mut config = test_config(&database);
+        configure(&mut config);
+        let server = start_server(config).await;
         Self {
             server,
             client: reqwest::Client::new(),
@@ -67,7 +75,7 @@ impl TestServer {
             folder,
         } = self;
         server.shutdown().await;
-        let server = start_server(&database, Heartbeat::default()).await;
+        let server = start_server(test_config(&database)).await;
         Self {
             server,
             client,
@@ -173,18 +181,24 @@ impl TestServer {
     }
 }
 
-async fn start_server(database: &Path, heartbeat: Heartbeat) -> RunningServer {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("binding a loopback port failed");
-    let config = ServerConfig {
+/// Returns the settings test servers start with.
+fn test_config(database: &Path) -> ServerConfig {
+    ServerConfig {
         database: database.to_path_buf(),
         durability: Durability::Normal,
         api_keys: vec![API_KEY.to_string()],
         dashboard_secret: SECRET.to_string(),
         static_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("static"),
-        heartbeat,
-    };
+        heartbeat: Heartbeat::default(),
+        stage_model: Default::default(),
+    }
+}
+
+async fn start_server(config: ServerConfig) -> RunningServer {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding a loopback port failed");
+    let database = config.database.clone();
     RunningServer::start(config, listener)
         .await
         .unwrap_or_else(|error| panic!("starting the server on {} failed: {error}", database.display()))
