@@ -29,8 +29,9 @@
 use chrono::{DateTime, Duration, FixedOffset};
 use serde::Serialize;
 
-/// Length of one epoch in seconds.
-pub const EPOCH_SECONDS: i64 = 30;
+use crate::payload::FinalReport;
+
+pub use crate::payload::EPOCH_SECONDS;
 
 /// Stage codes of `sleep_stages`.
 pub const UNKNOWN: i8 = -1;
@@ -241,6 +242,18 @@ impl SleepStatistics {
             statistics.drop_stage_figures();
         }
         Ok(statistics)
+    }
+
+    /// Computes the statistics of a final report, with its stages read
+    /// as `model` says.
+    pub fn from_report(report: &FinalReport, model: StageModel) -> Result<Self, StatisticsError> {
+        Self::compute(
+            &report.sleep_stages,
+            &report.snoring_stages,
+            report.start_time,
+            report.end_time,
+            model.staging(&report.sleep_stages),
+        )
     }
 
     fn add_snoring(&mut self, snoring_stages: &[i8]) {
