@@ -44,7 +44,7 @@ pub const REM: i8 = 3;
 /// REM cluster (pysleep's `THRESHOLD_REM_CLUSTER_DISTANCE`).
 pub const REM_CLUSTER_MAX_GAP: usize = 20;
 
-/// A REM cluster ends a sleep cycle when it holds at least this many REM
+/// A REM cluster ends a sleep cycle when it contains at least this many REM
 /// epochs (pysleep's `THRESHOLD_REM_COUNT`).
 pub const REM_CLUSTER_MIN_EPOCHS: usize = 20;
 
@@ -53,7 +53,8 @@ pub const REM_CLUSTER_MIN_EPOCHS: usize = 20;
 /// night without data can move every ratio by several points.
 pub const UNRELIABLE_UNKNOWN_RATIO: f64 = 0.1;
 
-/// How a deployment's stage codes are read, chosen by `--stage-model`.
+/// The stage model of a deployment, chosen by `--stage-model`: the meaning
+/// of its stage codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum StageModel {
     /// `0` wake and `1` sleep, as on Asleep's basic plan.
@@ -62,7 +63,7 @@ pub enum StageModel {
     /// `0` wake, `1` light, `2` deep, `3` REM.
     #[value(name = "four")]
     FourStage,
-    /// Four-stage when a night holds any deep or REM epoch, otherwise
+    /// Four-stage when a night contains any deep or REM epoch, otherwise
     /// two-stage.
     #[default]
     #[value(name = "auto")]
@@ -85,7 +86,7 @@ impl StageModel {
     }
 }
 
-/// How one night's stage codes are read.
+/// The reading of one night's stage codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Staging {
@@ -180,7 +181,7 @@ pub struct SleepStatistics {
     pub longest_waso: i64,
     pub sleep_cycle_count: Option<u32>,
     /// Mean sleep-cycle length in seconds, to the microsecond as pysleep's
-    /// `timedelta` holds it; `None` without a cycle.
+    /// `timedelta` stores it; `None` without a cycle.
     pub sleep_cycle: Option<f64>,
     /// Sleep onset, then the end of each sleep cycle; empty without a cycle.
     pub sleep_cycle_time: Vec<DateTime<FixedOffset>>,
@@ -210,7 +211,7 @@ pub struct SleepStatistics {
     pub waso_episodes: Vec<EpochRun>,
 }
 
-/// Why statistics cannot be computed.
+/// The reason statistics cannot be computed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StatisticsError {
     #[error("the night has no epochs")]
@@ -245,7 +246,7 @@ impl SleepStatistics {
     }
 
     /// Computes the statistics of a final report, with its stages read
-    /// as `model` says.
+    /// by `model`.
     pub fn from_report(report: &FinalReport, model: StageModel) -> Result<Self, StatisticsError> {
         Self::compute(
             &report.sleep_stages,
@@ -354,7 +355,7 @@ fn runs<'a>(values: &'a [i8], matches: impl Fn(i8) -> bool + 'a) -> impl Iterato
 }
 
 /// pysleep's `SleepStageCalculator.calculate`, with unknown epochs read as
-/// the module documentation says. Requires a non-empty hypnogram and
+/// the module documentation describes. Requires a non-empty hypnogram and
 /// `end > start`.
 fn calculate(stages: &[i8], start: DateTime<FixedOffset>, end: DateTime<FixedOffset>) -> SleepStatistics {
     let count = |code: i8| stages.iter().filter(|stage| **stage == code).count();

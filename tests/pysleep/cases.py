@@ -4,7 +4,7 @@ Run by generate.sh inside a virtual environment that has pysleep. The
 output is deterministic: the same pysleep gives the same bytes, so CI can
 regenerate the file and compare.
 
-Each case holds its stages as a string of digits (one per 30-second epoch),
+Each case contains its stages as a string of digits (one per 30-second epoch),
 the session's start and end as ISO 8601 with offset (end may be null, which
 pysleep reads as start plus the length of the stages), and `expected`: every
 field pysleep's calculator computes, durations in seconds and times in ISO
@@ -168,7 +168,7 @@ def main():
     add("REM as the only sleep between wake", [WAKE] * 10 + [REM] * 20 + [WAKE] * 10, start)
 
     # Stage shares that round to sums other than 1.00, so the ratios need
-    # nudging; with no light sleep the nudge falls on REM, deep or wake.
+    # nudging. Without light sleep the nudge falls on REM, deep or wake.
     for size in [3, 6, 7, 8, 11]:
         for wake, light, deep, rem in itertools.product(range(size + 1), repeat=4):
             if wake + light + deep + rem != size or wake == size:
