@@ -78,9 +78,7 @@ impl StageModel {
         match self {
             StageModel::TwoStage => Staging::TwoStage,
             StageModel::FourStage => Staging::FourStage,
-            StageModel::Automatic if sleep_stages.iter().any(|code| matches!(*code, DEEP | REM)) => {
-                Staging::FourStage
-            }
+            StageModel::Automatic if sleep_stages.iter().any(|code| matches!(*code, DEEP | REM)) => Staging::FourStage,
             StageModel::Automatic => Staging::TwoStage,
         }
     }
@@ -498,8 +496,12 @@ struct Ratios {
 /// then moves 0.01 at a time from or to the first non-zero ratio among
 /// light, REM, deep and wake until they sum to 1.00.
 fn adjust_ratios(wake: f64, light: f64, deep: f64, rem: f64) -> Ratios {
-    let (mut wake, mut light, mut deep, mut rem) =
-        (round_second(wake), round_second(light), round_second(deep), round_second(rem));
+    let (mut wake, mut light, mut deep, mut rem) = (
+        round_second(wake),
+        round_second(light),
+        round_second(deep),
+        round_second(rem),
+    );
     let mut error = round_second(wake + light + deep + rem - 1.0);
     while error != 0.0 {
         let adjustment = if error > 0.0 { 0.01 } else { -0.01 };
@@ -568,7 +570,13 @@ mod tests {
     fn rounding_matches_python() {
         // Python: round(0.125, 2) == 0.12, round(0.135, 2) == 0.14 (0.135 is
         // stored a little above), round(0.155, 2) == 0.15 (stored below).
-        for (value, rounded) in [(0.125, 0.12), (0.375, 0.38), (0.135, 0.14), (0.155, 0.15), (-0.004, -0.0)] {
+        for (value, rounded) in [
+            (0.125, 0.12),
+            (0.375, 0.38),
+            (0.135, 0.14),
+            (0.155, 0.15),
+            (-0.004, -0.0),
+        ] {
             assert_eq!(round_second(value), rounded, "{value}");
         }
     }

@@ -73,7 +73,10 @@ fn same(field: &str, expected: &Value, computed: &Value) -> bool {
         }
         (Value::Array(expected), Value::Array(computed)) => {
             expected.len() == computed.len()
-                && expected.iter().zip(computed).all(|(expected, computed)| same(field, expected, computed))
+                && expected
+                    .iter()
+                    .zip(computed)
+                    .all(|(expected, computed)| same(field, expected, computed))
         }
         _ => expected == computed,
     }
@@ -90,11 +93,7 @@ fn every_statistic_equals_pysleep() {
     let mut fields_checked = 0;
     let mut mismatches = Vec::new();
     for case in &cases.cases {
-        let stages: Vec<i8> = case
-            .stages
-            .bytes()
-            .map(|digit| (digit - b'0') as i8)
-            .collect();
+        let stages: Vec<i8> = case.stages.bytes().map(|digit| (digit - b'0') as i8).collect();
         let statistics = SleepStatistics::compute(
             &stages,
             &[],
