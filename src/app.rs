@@ -102,7 +102,7 @@ impl RunningServer {
     pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Self, StorageError> {
         let store = Store::open(&config.database, config.durability).await?;
         let state = AppState {
-            rooms: Arc::new(Rooms::new(store.clone())),
+            rooms: Arc::new(Rooms::new(store.clone(), config.stage_model)),
             store,
             api_keys: Arc::new(config.api_keys),
             viewer_keys: ViewerKeys::new(&config.dashboard_secret),

@@ -1,11 +1,14 @@
-//! Server-side hypnogram: the SVG drawn on report pages, readable without
-//! JavaScript.
+//! Server-side hypnogram: the SVG drawn on report and live pages, readable
+//! without JavaScript.
 //!
 //! The picture has one lane per sleep stage (wake, REM, light, deep from top
-//! to bottom), a snoring lane below them and a time axis. Each run of equal
-//! epochs is one rectangle; unknown epochs (-1) are left out of the lanes and
-//! marked as gaps. `static/live.js` draws the same layout in the browser, so
-//! the constants below have twins there.
+//! to bottom, or wake and sleep for a two-stage night), a snoring lane below
+//! them and a time axis. Each run of epochs in one lane is one rectangle;
+//! unknown epochs (-1) are left out of the lanes and marked as gaps. A
+//! report's drawing also marks sleep onset and the end of each sleep cycle
+//! with dashed lines and shades every WASO episode. `static/live.js` draws
+//! the live page's four-lane layout in the browser, so the constants below
+//! have twins there.
 
 use std::fmt::{self, Write as _};
 
@@ -13,7 +16,8 @@ use chrono::{DateTime, Duration, DurationRound, Offset, TimeZone, Timelike, Utc}
 use chrono_tz::Tz;
 
 use crate::payload::EPOCH_SECONDS;
-use crate::report::{Stage, format_clock, format_duration};
+use crate::report::{NightClock, format_duration};
+use crate::statistics::{DEEP, LIGHT, REM, SleepStatistics, Staging, UNKNOWN, WAKE, is_sleep};
 
 /// Width of the drawing in user units; the SVG scales to its container.
 const WIDTH: f64 = 960.0;
@@ -21,6 +25,9 @@ const WIDTH: f64 = 960.0;
 const LEFT: f64 = 72.0;
 const RIGHT: f64 = 16.0;
 const TOP: f64 = 8.0;
+/// Room above the lanes of a report's drawing for the labels of the
+/// sleep-cycle boundaries.
+const MARK_ROW_HEIGHT: f64 = 16.0;
 const LANE_HEIGHT: f64 = 36.0;
 /// Space above and below a stage block inside its lane.
 const BLOCK_INSET: f64 = 4.0;
@@ -29,10 +36,6 @@ const SNORING_HEIGHT: f64 = 18.0;
 const AXIS_HEIGHT: f64 = 30.0;
 
 const PLOT_WIDTH: f64 = WIDTH - LEFT - RIGHT;
-const LANES_BOTTOM: f64 = TOP + LANE_HEIGHT * Stage::LANES.len() as f64;
-const SNORING_TOP: f64 = LANES_BOTTOM + SNORING_GAP;
-const AXIS_TOP: f64 = SNORING_TOP + SNORING_HEIGHT + 4.0;
-const HEIGHT: f64 = AXIS_TOP + AXIS_HEIGHT;
 
 /// Hour ticks are searched on this grid. Every UTC offset in use today is a
 /// multiple of 15 minutes, so every full local hour lies on it.
@@ -44,6 +47,11 @@ const TICK_SEARCH_STEP_MINUTES: i64 = 15;
 pub struct Svg(String);
 
 impl Svg {
+    /// Wraps markup whose embedded texts went through [`escape`].
+    pub(crate) fn new(markup: String) -> Self {
+        Svg(markup)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -83,55 +91,174 @@ pub struct Tick {
     pub label: String,
 }
 
+/// A run of epochs drawn in one lane, or of epochs without data: one row of
+/// the hypnogram's data table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StagePeriod {
+    pub start_epoch: usize,
+    pub epochs: usize,
+    /// The lane's stage code, which is 1 for any sleep in a two-stage
+    /// night; -1 for epochs without data.
+    pub code: i8,
+}
+
+/// Splits a hypnogram into the runs its lanes draw. In a two-stage night
+/// every sleep code is drawn in the sleep lane, so light, deep and REM
+/// epochs side by side make one period.
+pub fn stage_periods(sleep_stages: &[i8], staging: Staging) -> Vec<StagePeriod> {
+    let lanes: Vec<i8> = sleep_stages.iter().map(|code| lane_code(staging, *code)).collect();
+    runs(&lanes)
+        .map(|run| StagePeriod {
+            start_epoch: run.start,
+            epochs: run.length,
+            code: run.value,
+        })
+        .collect()
+}
+
+/// Returns the lane a stage code is drawn in, as a stage code.
+fn lane_code(staging: Staging, code: i8) -> i8 {
+    match staging {
+        Staging::TwoStage if is_sleep(code) => LIGHT,
+        Staging::TwoStage if code == WAKE => WAKE,
+        Staging::FourStage if (WAKE..=REM).contains(&code) => code,
+        _ => UNKNOWN,
+    }
+}
+
+/// Vertical positions of one drawing, which depend on its number of lanes
+/// and on whether it has a row for cycle labels.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    top: f64,
+    staging: Staging,
+}
+
+impl Layout {
+    fn lanes_bottom(&self) -> f64 {
+        self.top + LANE_HEIGHT * self.staging.lanes().len() as f64
+    }
+
+    fn snoring_top(&self) -> f64 {
+        self.lanes_bottom() + SNORING_GAP
+    }
+
+    fn axis_top(&self) -> f64 {
+        self.snoring_top() + SNORING_HEIGHT + 4.0
+    }
+
+    fn height(&self) -> f64 {
+        self.axis_top() + AXIS_HEIGHT
+    }
+
+    /// Returns the top of a lane code's lane.
+    fn lane_top(&self, code: i8) -> f64 {
+        let index = self.staging.lanes().iter().position(|lane| *lane == code).unwrap_or(0);
+        self.top + index as f64 * LANE_HEIGHT
+    }
+}
+
 impl Hypnogram<'_> {
-    /// Renders the hypnogram as an `<svg id="hypnogram">` element.
+    /// Renders the live page's drawing: four lanes and no marks, the layout
+    /// `static/live.js` redraws as results arrive.
     pub fn render(&self) -> Svg {
+        self.render_report(Staging::FourStage, None)
+    }
+
+    /// Renders a report's drawing with the lanes of `staging`. With
+    /// `statistics`, dashed lines mark sleep onset and the end of each sleep
+    /// cycle, and shaded bands mark the WASO episodes.
+    pub fn render_report(&self, staging: Staging, statistics: Option<&SleepStatistics>) -> Svg {
+        let layout = Layout {
+            top: if statistics.is_some() {
+                TOP + MARK_ROW_HEIGHT
+            } else {
+                TOP
+            },
+            staging,
+        };
         let epochs = self.sleep_stages.len();
+        let periods = stage_periods(self.sleep_stages, staging);
         let mut svg = String::with_capacity(4096 + epochs * 8);
         let _ = write!(
             svg,
-            r#"<svg id="hypnogram" class="hypnogram" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-labelledby="hypnogram-title hypnogram-desc" data-epochs="{epochs}" data-epoch-seconds="{EPOCH_SECONDS}">"#
+            r#"<svg id="hypnogram" class="hypnogram" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height}" role="img" aria-labelledby="hypnogram-title hypnogram-desc" data-epochs="{epochs}" data-epoch-seconds="{EPOCH_SECONDS}" data-staging="{staging}">"#,
+            height = layout.height(),
+            staging = staging_name(staging),
         );
         let _ = write!(
             svg,
             r#"<title id="hypnogram-title">{}</title><desc id="hypnogram-desc">{}</desc>"#,
             escape(&self.title),
-            escape(&self.description())
+            escape(&self.description(staging, statistics))
         );
-        self.write_lanes(&mut svg);
-        self.write_gaps(&mut svg);
-        self.write_stages(&mut svg);
-        self.write_snoring(&mut svg);
-        self.write_axis(&mut svg);
+        self.write_lanes(&mut svg, layout);
+        if let Some(statistics) = statistics {
+            self.write_waso(&mut svg, layout, statistics);
+        }
+        self.write_gaps(&mut svg, layout, &periods);
+        self.write_stages(&mut svg, layout, &periods);
+        if let Some(statistics) = statistics {
+            self.write_cycle_boundaries(&mut svg, layout, statistics);
+        }
+        self.write_snoring(&mut svg, layout);
+        self.write_axis(&mut svg, layout);
         svg.push_str("</svg>");
         Svg(svg)
     }
 
     /// Describes the picture in words for screen readers and text browsers.
-    fn description(&self) -> String {
+    fn description(&self, staging: Staging, statistics: Option<&SleepStatistics>) -> String {
         let epochs = self.sleep_stages.len();
         if epochs == 0 {
             return "No epochs recorded yet.".to_string();
         }
         let length = format_duration(epochs as i64 * EPOCH_SECONDS);
         let mut text = match self.clock {
-            Some((start, zone)) => format!(
-                "From {} to {} ({}{}), {length} in {epochs} epochs of {EPOCH_SECONDS} seconds.",
-                format_clock(&start, zone),
-                format_clock(&self.end(start), zone),
-                zone.name(),
-                if self.start_estimated { ", estimated" } else { "" },
-            ),
+            Some((start, zone)) => {
+                let clock = NightClock::new(zone, start, self.end(start));
+                format!(
+                    "From {} to {} ({}{}), {length} in {epochs} epochs of {EPOCH_SECONDS} seconds.",
+                    clock.format(&start),
+                    clock.format(&self.end(start)),
+                    zone.name(),
+                    if self.start_estimated { ", estimated" } else { "" },
+                )
+            }
             None => format!("{length} in {epochs} epochs of {EPOCH_SECONDS} seconds."),
         };
-        text.push_str(" Lanes from top to bottom: wake, REM, light sleep, deep sleep, then snoring.");
+        let lanes: Vec<&str> = staging.lanes().iter().filter_map(|code| staging.label(*code)).collect();
+        let _ = write!(text, " Lanes from top to bottom: {}, then Snoring.", lanes.join(", "));
         let unknown = self
             .sleep_stages
             .iter()
-            .filter(|stage| Stage::from_code(**stage).is_none())
+            .filter(|code| lane_code(staging, **code) == UNKNOWN)
             .count();
-        if unknown > 0 {
-            let _ = write!(text, " {unknown} epochs have no data and are left as gaps.");
+        match unknown {
+            0 => {}
+            1 => text.push_str(" 1 epoch has no data and is left as a gap."),
+            _ => {
+                let _ = write!(text, " {unknown} epochs have no data and are left as gaps.");
+            }
+        }
+        if let Some(statistics) = statistics {
+            if let Some(onset) = statistics.sleep_onset_epoch {
+                let _ = write!(text, " A dashed line marks sleep onset at {}", self.time_label(onset));
+                match statistics.cycle_end_epochs.len() {
+                    0 => text.push('.'),
+                    1 => text.push_str(", another the end of the one sleep cycle."),
+                    cycles => {
+                        let _ = write!(text, ", others the end of each of {cycles} sleep cycles.");
+                    }
+                }
+            }
+            match statistics.waso_episodes.len() {
+                0 => {}
+                1 => text.push_str(" A shaded band marks the one awakening after sleep onset (WASO)."),
+                count => {
+                    let _ = write!(text, " Shaded bands mark {count} awakenings after sleep onset (WASO).");
+                }
+            }
         }
         text
     }
@@ -140,84 +267,115 @@ impl Hypnogram<'_> {
         start + Duration::seconds(self.sleep_stages.len() as i64 * EPOCH_SECONDS)
     }
 
+    /// Returns when an epoch starts: a clock time in the night's zone, or
+    /// the time since the start when the start is unknown.
+    fn time_label(&self, epoch: usize) -> String {
+        let offset = Duration::seconds(epoch as i64 * EPOCH_SECONDS);
+        match self.clock {
+            Some((start, zone)) => NightClock::new(zone, start, self.end(start)).format(&(start + offset)),
+            None => format!("{} after the start", format_duration(offset.num_seconds())),
+        }
+    }
+
     /// Returns the x coordinate of the start of `epoch`.
     fn x(&self, epoch: usize) -> f64 {
         LEFT + epoch as f64 * PLOT_WIDTH / self.sleep_stages.len().max(1) as f64
     }
 
-    fn write_lanes(&self, svg: &mut String) {
+    fn write_lanes(&self, svg: &mut String, layout: Layout) {
         svg.push_str(r#"<g class="lanes">"#);
-        for (index, stage) in Stage::LANES.iter().enumerate() {
-            let top = lane_top(*stage);
+        for (index, code) in layout.staging.lanes().iter().enumerate() {
+            let top = layout.lane_top(*code);
             let fill = if index % 2 == 0 { "#f4f4f4" } else { "#fbfbfb" };
             let _ = write!(
                 svg,
                 r#"<rect class="lane lane-{name}" data-stage="{name}" x="{LEFT}" y="{top}" width="{PLOT_WIDTH}" height="{LANE_HEIGHT}" fill="{fill}"/><text class="lane-label" x="{label_x}" y="{label_y}" text-anchor="end" dominant-baseline="middle">{label}</text>"#,
-                name = stage.name(),
-                label = stage.label(),
+                name = layout.staging.name(*code).unwrap_or("unknown"),
+                label = layout.staging.label(*code).unwrap_or("No data"),
                 label_x = LEFT - 8.0,
                 label_y = top + LANE_HEIGHT / 2.0,
             );
         }
         let _ = write!(
             svg,
-            r##"<rect class="lane lane-snoring" x="{LEFT}" y="{SNORING_TOP}" width="{PLOT_WIDTH}" height="{SNORING_HEIGHT}" fill="#f4f4f4"/><text class="lane-label" x="{label_x}" y="{label_y}" text-anchor="end" dominant-baseline="middle">Snoring</text>"##,
+            r##"<rect class="lane lane-snoring" x="{LEFT}" y="{top}" width="{PLOT_WIDTH}" height="{SNORING_HEIGHT}" fill="#f4f4f4"/><text class="lane-label" x="{label_x}" y="{label_y}" text-anchor="end" dominant-baseline="middle">Snoring</text>"##,
+            top = layout.snoring_top(),
             label_x = LEFT - 8.0,
-            label_y = SNORING_TOP + SNORING_HEIGHT / 2.0,
+            label_y = layout.snoring_top() + SNORING_HEIGHT / 2.0,
         );
         svg.push_str("</g>");
     }
 
-    fn write_gaps(&self, svg: &mut String) {
-        svg.push_str(r#"<g class="gaps">"#);
-        for run in runs(self.sleep_stages).filter(|run| Stage::from_code(run.value).is_none()) {
+    /// Shades each WASO episode across every lane, under the stage blocks.
+    fn write_waso(&self, svg: &mut String, layout: Layout, statistics: &SleepStatistics) {
+        svg.push_str(r#"<g class="waso-episodes">"#);
+        for episode in &statistics.waso_episodes {
+            let x = self.x(episode.start_epoch);
             let _ = write!(
                 svg,
-                r##"<rect class="gap" data-start="{start}" data-epochs="{length}" x="{x:.2}" y="{TOP}" width="{width:.2}" height="{height}" fill="#d0d0d0" fill-opacity="0.5"><title>{duration} without data</title></rect>"##,
-                start = run.start,
-                length = run.length,
-                x = self.x(run.start),
-                width = self.x(run.start + run.length) - self.x(run.start),
-                height = LANES_BOTTOM - TOP,
-                duration = format_duration(run.length as i64 * EPOCH_SECONDS),
+                r##"<rect class="waso" data-start="{start}" data-epochs="{length}" x="{x:.2}" y="{top}" width="{width:.2}" height="{height}" fill="#f2a541" fill-opacity="0.2"><title>Awake after sleep onset from {time} for {duration}</title></rect>"##,
+                start = episode.start_epoch,
+                length = episode.epochs,
+                top = layout.top,
+                width = self.x(episode.start_epoch + episode.epochs) - x,
+                height = layout.lanes_bottom() - layout.top,
+                time = escape(&self.time_label(episode.start_epoch)),
+                duration = format_duration(episode.epochs as i64 * EPOCH_SECONDS),
             );
         }
         svg.push_str("</g>");
     }
 
-    fn write_stages(&self, svg: &mut String) {
+    fn write_gaps(&self, svg: &mut String, layout: Layout, periods: &[StagePeriod]) {
+        svg.push_str(r#"<g class="gaps">"#);
+        for period in periods.iter().filter(|period| period.code == UNKNOWN) {
+            let _ = write!(
+                svg,
+                r##"<rect class="gap" data-start="{start}" data-epochs="{length}" x="{x:.2}" y="{top}" width="{width:.2}" height="{height}" fill="#d0d0d0" fill-opacity="0.5"><title>{duration} without data</title></rect>"##,
+                start = period.start_epoch,
+                length = period.epochs,
+                x = self.x(period.start_epoch),
+                top = layout.top,
+                width = self.x(period.start_epoch + period.epochs) - self.x(period.start_epoch),
+                height = layout.lanes_bottom() - layout.top,
+                duration = format_duration(period.epochs as i64 * EPOCH_SECONDS),
+            );
+        }
+        svg.push_str("</g>");
+    }
+
+    fn write_stages(&self, svg: &mut String, layout: Layout, periods: &[StagePeriod]) {
         svg.push_str(r#"<g class="stages">"#);
         let mut transitions = String::new();
-        let mut previous: Option<(Stage, usize)> = None;
-        for run in runs(self.sleep_stages) {
-            let Some(stage) = Stage::from_code(run.value) else {
+        let mut previous: Option<(i8, usize)> = None;
+        for period in periods {
+            let Some(name) = layout.staging.name(period.code) else {
                 previous = None;
                 continue;
             };
-            let x = self.x(run.start);
+            let x = self.x(period.start_epoch);
             let _ = write!(
                 svg,
                 r#"<rect class="stage stage-{name}" data-stage="{name}" data-start="{start}" data-epochs="{length}" x="{x:.2}" y="{y}" width="{width:.2}" height="{height}" fill="{fill}"/>"#,
-                name = stage.name(),
-                start = run.start,
-                length = run.length,
-                y = lane_top(stage) + BLOCK_INSET,
-                width = self.x(run.start + run.length) - x,
+                start = period.start_epoch,
+                length = period.epochs,
+                y = layout.lane_top(period.code) + BLOCK_INSET,
+                width = self.x(period.start_epoch + period.epochs) - x,
                 height = LANE_HEIGHT - 2.0 * BLOCK_INSET,
-                fill = stage_fill(stage),
+                fill = stage_fill(layout.staging, period.code),
             );
             // A vertical line joins adjacent runs, so the picture reads as
             // the usual stepped hypnogram; a gap breaks the line.
-            if let Some((before, end)) = previous.filter(|(_, end)| *end == run.start) {
+            if let Some((before, end)) = previous.filter(|(_, end)| *end == period.start_epoch) {
                 let _ = write!(
                     transitions,
                     "M{x:.2} {from}V{to}",
                     x = self.x(end),
-                    from = lane_top(before) + LANE_HEIGHT / 2.0,
-                    to = lane_top(stage) + LANE_HEIGHT / 2.0,
+                    from = layout.lane_top(before) + LANE_HEIGHT / 2.0,
+                    to = layout.lane_top(period.code) + LANE_HEIGHT / 2.0,
                 );
             }
-            previous = Some((stage, run.start + run.length));
+            previous = Some((period.code, period.start_epoch + period.epochs));
         }
         if !transitions.is_empty() {
             let _ = write!(
@@ -228,31 +386,77 @@ impl Hypnogram<'_> {
         svg.push_str("</g>");
     }
 
-    fn write_snoring(&self, svg: &mut String) {
+    /// Draws a dashed line at sleep onset and at the end of each sleep
+    /// cycle, where `sleep_cycle_time` puts them: at the start of the last
+    /// REM epoch of the cycle's REM cluster.
+    fn write_cycle_boundaries(&self, svg: &mut String, layout: Layout, statistics: &SleepStatistics) {
+        let Some(onset) = statistics.sleep_onset_epoch else {
+            return;
+        };
+        svg.push_str(r#"<g class="cycle-boundaries">"#);
+        let boundaries = std::iter::once((onset, None)).chain(
+            statistics
+                .cycle_end_epochs
+                .iter()
+                .enumerate()
+                .map(|(index, epoch)| (*epoch, Some(index + 1))),
+        );
+        for (epoch, cycle) in boundaries {
+            let x = self.x(epoch);
+            let (kind, label, title) = match cycle {
+                None => (
+                    "onset",
+                    "onset".to_string(),
+                    format!("Sleep onset at {}", self.time_label(epoch)),
+                ),
+                Some(number) => (
+                    "cycle-end",
+                    number.to_string(),
+                    format!("End of sleep cycle {number} at {}", self.time_label(epoch)),
+                ),
+            };
+            let cycle_attribute = cycle
+                .map(|number| format!(r#" data-cycle="{number}""#))
+                .unwrap_or_default();
+            let _ = write!(
+                svg,
+                r##"<g class="cycle-boundary" data-boundary="{kind}" data-epoch="{epoch}"{cycle_attribute}><title>{title}</title><line x1="{x:.2}" y1="{line_top}" x2="{x:.2}" y2="{bottom}" stroke="#333" stroke-width="1" stroke-dasharray="4 3"/><text class="cycle-label" x="{x:.2}" y="{text_y}" text-anchor="middle">{label}</text></g>"##,
+                title = escape(&title),
+                line_top = layout.top - 2.0,
+                bottom = layout.lanes_bottom(),
+                text_y = layout.top - 4.0,
+            );
+        }
+        svg.push_str("</g>");
+    }
+
+    fn write_snoring(&self, svg: &mut String, layout: Layout) {
         svg.push_str(r#"<g class="snoring">"#);
         let snoring = &self.snoring_stages[..self.snoring_stages.len().min(self.sleep_stages.len())];
         for run in runs(snoring).filter(|run| run.value == 1) {
             let x = self.x(run.start);
             let _ = write!(
                 svg,
-                r##"<rect class="snore" data-start="{start}" data-epochs="{length}" x="{x:.2}" y="{SNORING_TOP}" width="{width:.2}" height="{SNORING_HEIGHT}" fill="#c8553d"/>"##,
+                r##"<rect class="snore" data-start="{start}" data-epochs="{length}" x="{x:.2}" y="{top}" width="{width:.2}" height="{SNORING_HEIGHT}" fill="#c8553d"/>"##,
                 start = run.start,
                 length = run.length,
+                top = layout.snoring_top(),
                 width = self.x(run.start + run.length) - x,
             );
         }
         svg.push_str("</g>");
     }
 
-    fn write_axis(&self, svg: &mut String) {
+    fn write_axis(&self, svg: &mut String, layout: Layout) {
         let epochs = self.sleep_stages.len();
         let ticks = match self.clock {
             Some((start, zone)) => hour_ticks(start, self.end(start), zone),
             None => elapsed_ticks(epochs as i64 * EPOCH_SECONDS),
         };
+        let axis_top = layout.axis_top();
         let _ = write!(
             svg,
-            r##"<g class="axis"><line class="axis-line" x1="{LEFT}" y1="{AXIS_TOP}" x2="{right}" y2="{AXIS_TOP}" stroke="#555"/>"##,
+            r##"<g class="axis"><line class="axis-line" x1="{LEFT}" y1="{axis_top}" x2="{right}" y2="{axis_top}" stroke="#555"/>"##,
             right = LEFT + PLOT_WIDTH,
         );
         let total_seconds = (epochs as i64 * EPOCH_SECONDS).max(1) as f64;
@@ -268,10 +472,11 @@ impl Hypnogram<'_> {
             };
             let _ = write!(
                 svg,
-                r##"<g class="tick" data-offset-seconds="{offset}"><line x1="{x:.2}" y1="{TOP}" x2="{x:.2}" y2="{tick_bottom}" stroke="#999" stroke-width="0.5" stroke-dasharray="2 3"/><text x="{x:.2}" y="{text_y}" text-anchor="{anchor}">{label}</text></g>"##,
+                r##"<g class="tick" data-offset-seconds="{offset}"><line x1="{x:.2}" y1="{top}" x2="{x:.2}" y2="{tick_bottom}" stroke="#999" stroke-width="0.5" stroke-dasharray="2 3"/><text x="{x:.2}" y="{text_y}" text-anchor="{anchor}">{label}</text></g>"##,
                 offset = tick.offset_seconds,
-                tick_bottom = AXIS_TOP + 5.0,
-                text_y = AXIS_TOP + 20.0,
+                top = layout.top,
+                tick_bottom = axis_top + 5.0,
+                text_y = axis_top + 20.0,
                 label = escape(&tick.label),
             );
         }
@@ -279,18 +484,24 @@ impl Hypnogram<'_> {
     }
 }
 
-fn lane_top(stage: Stage) -> f64 {
-    let index = Stage::LANES.iter().position(|lane| *lane == stage).unwrap_or(0);
-    TOP + index as f64 * LANE_HEIGHT
+/// Returns the staging's name in `data-staging`, as the JSON spells it.
+fn staging_name(staging: Staging) -> &'static str {
+    match staging {
+        Staging::TwoStage => "two_stage",
+        Staging::FourStage => "four_stage",
+    }
 }
 
-/// Colours for a stylesheet-free rendering; `static/style.css` sets the same.
-fn stage_fill(stage: Stage) -> &'static str {
-    match stage {
-        Stage::Wake => "#f2a541",
-        Stage::Rem => "#8e5bd1",
-        Stage::Light => "#72a9e0",
-        Stage::Deep => "#1f3f8f",
+/// Returns the colour of a lane code for a stylesheet-free rendering;
+/// `static/style.css` sets the same by class.
+pub fn stage_fill(staging: Staging, code: i8) -> &'static str {
+    match (staging, code) {
+        (_, WAKE) => "#f2a541",
+        (Staging::TwoStage, _) => "#4a78c2",
+        (_, REM) => "#8e5bd1",
+        (_, LIGHT) => "#72a9e0",
+        (_, DEEP) => "#1f3f8f",
+        _ => "#d0d0d0",
     }
 }
 
@@ -545,6 +756,59 @@ mod tests {
         let svg = drawing.render();
         assert!(svg.as_str().contains(">00:00</text>"));
         assert!(svg.as_str().contains("From 23:47 to 07:47 (Asia/Seoul, estimated)"));
+    }
+
+    #[test]
+    fn report_marks_cycles_and_waso() {
+        // Sleep onset at epoch 2, one WASO episode of 3 epochs, and a REM
+        // cluster of 20 epochs that ends a cycle at epoch 34.
+        let mut stages = vec![0, 0, 1, 1, 0, 0, 0];
+        stages.extend([2; 8]);
+        stages.extend([3; 20]);
+        stages.extend([1, 0]);
+        let start = utc("2026-11-20T14:47:00Z");
+        let statistics =
+            SleepStatistics::compute(&stages, &[], start.fixed_offset(), None, Staging::FourStage).unwrap();
+        let mut drawing = hypnogram(&stages, &[]);
+        drawing.clock = Some((start, "Asia/Seoul".parse().unwrap()));
+        let svg = drawing.render_report(Staging::FourStage, Some(&statistics));
+        let svg = svg.as_str();
+        assert!(svg.contains(r#"class="cycle-boundary" data-boundary="onset" data-epoch="2""#));
+        assert!(svg.contains(r#"data-boundary="cycle-end" data-epoch="34" data-cycle="1""#));
+        assert!(svg.contains("<title>End of sleep cycle 1 at 00:04</title>"));
+        assert_eq!(svg.matches(r#"<rect class="waso""#).count(), 1);
+        assert!(svg.contains(r#"<rect class="waso" data-start="4" data-epochs="3""#));
+        assert!(svg.contains("Awake after sleep onset from 23:49 for 2 min"));
+        assert!(svg.contains("A dashed line marks sleep onset at 23:48, another the end of the one sleep cycle."));
+        assert!(svg.contains("A shaded band marks the one awakening after sleep onset (WASO)."));
+        let lanes_top = attribute(svg, "lane-wake", "y");
+        assert_eq!(
+            lanes_top,
+            TOP + MARK_ROW_HEIGHT,
+            "room above the lanes for cycle labels"
+        );
+    }
+
+    #[test]
+    fn two_stage_night_draws_two_lanes() {
+        let stages = [0, 1, 2, 3, 1, 0, -1, 1];
+        let svg = hypnogram(&stages, &[]).render_report(Staging::TwoStage, None);
+        let svg = svg.as_str();
+        assert!(svg.contains(r#"data-staging="two_stage""#));
+        assert!(svg.contains(">Wake<"));
+        assert!(svg.contains(">Sleep<"));
+        for word in ["Light", "Deep", "REM", "lane-rem", "lane-deep"] {
+            assert!(!svg.contains(word), "{word} in a two-stage drawing");
+        }
+        // Codes 1, 2 and 3 share the sleep lane, so they make one block.
+        assert!(svg.contains(r#"class="stage stage-sleep" data-stage="sleep" data-start="1" data-epochs="4""#));
+        assert!(
+            svg.contains(r#"viewBox="0 0 960 142""#),
+            "two lanes make a shorter drawing: {svg}"
+        );
+        let periods = stage_periods(&stages, Staging::TwoStage);
+        let codes: Vec<i8> = periods.iter().map(|period| period.code).collect();
+        assert_eq!(codes, [0, 1, 0, -1, 1]);
     }
 
     #[test]

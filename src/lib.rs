@@ -22,5 +22,6 @@ pub mod signal;
 pub mod statistics;
 pub mod storage;
 pub mod timeline;
+pub mod trends;
 pub mod webhook;
 pub mod ws;

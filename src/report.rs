@@ -1,25 +1,30 @@
 //! Report figures in plain units, and the paths of a user's pages.
 //!
-//! A report shows Asleep's own statistics where the final report carries
-//! them and figures computed here from the hypnogram where it does not.
-//! Every figure is marked with its source.
+//! A report shows the statistics this server computes from the hypnogram
+//! ([`crate::statistics`]) and beside them Asleep's own where the final
+//! report carries them, pointing out where the two disagree.
 
+mod asleep_stat;
+mod comparison;
 mod format;
-mod statistics;
+mod peculiarities;
+mod share_bar;
 mod summary;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Serialize;
 
-use crate::payload::{EPOCH_SECONDS, FinalReport};
+use crate::payload::FinalReport;
 
+pub use asleep_stat::AsleepStat;
+pub use comparison::{Kind, StatisticRow, format_duration_exact};
 pub use format::{
-    format_clock, format_date, format_date_time, format_duration, format_percent, format_ratio, parse_zone,
+    NightClock, format_clock, format_date, format_date_time, format_duration, format_percent, format_ratio, parse_zone,
 };
-pub use statistics::{HypnogramFigures, Stage};
-pub use summary::{CycleRow, Figure, Peculiarity, ReportSummary, Source, StageRow, explain_peculiarity};
+pub use peculiarities::{Peculiarity, explain_peculiarity};
+pub use summary::{CycleRow, Figure, PeriodRow, ReportSummary, Source, StageRow, TimeLabel, UnknownShare, WasoRow};
 
-use statistics::is_sleep;
+use crate::statistics::{SleepStatistics, StageModel, Staging};
 
 /// Characters left as they are in a path segment; everything else, `/`
 /// included, is percent-encoded so any valid id makes one segment.
@@ -71,30 +76,44 @@ pub struct Headline {
 }
 
 impl Headline {
+    /// Computes the headline of a final report. The figures are the same
+    /// under every stage model, because none of them separates sleep stages.
     pub fn from_report(report: &FinalReport) -> Self {
-        let time_in_bed_seconds = report.end_time.map(|end| (end - report.start_time).num_seconds());
-        Self::from_stages(&report.sleep_stages, time_in_bed_seconds)
+        match SleepStatistics::from_report(report, StageModel::FourStage) {
+            Ok(statistics) => Self::from_statistics(&statistics),
+            // A report whose end equals its start has no time in bed of its
+            // own, so the hypnogram's length replaces it, as for a live night.
+            Err(_) => Self::from_stages(&report.sleep_stages, None),
+        }
     }
 
     /// Computes the headline of a hypnogram. Without `time_in_bed_seconds`
     /// the time in bed is the length of the hypnogram.
     pub fn from_stages(sleep_stages: &[i8], time_in_bed_seconds: Option<i64>) -> Self {
-        let sleep_epochs = sleep_stages.iter().filter(|stage| is_sleep(**stage)).count() as i64;
-        let total_sleep_seconds = sleep_epochs * EPOCH_SECONDS;
-        let time_in_bed_seconds = time_in_bed_seconds
-            .or(Some(sleep_stages.len() as i64 * EPOCH_SECONDS))
-            .filter(|seconds| *seconds > 0);
-        let sleep_efficiency_percent =
-            time_in_bed_seconds.map(|bed| (total_sleep_seconds as f64 / bed as f64 * 10_000.0).round() / 100.0);
-        let sleep_latency_seconds = sleep_stages
-            .iter()
-            .position(|stage| is_sleep(*stage))
-            .map(|epoch| epoch as i64 * EPOCH_SECONDS);
+        let start = chrono::DateTime::UNIX_EPOCH.fixed_offset();
+        let end = time_in_bed_seconds
+            .filter(|seconds| *seconds > 0)
+            .map(|seconds| start + chrono::Duration::seconds(seconds));
+        match SleepStatistics::compute(sleep_stages, &[], start, end, Staging::FourStage) {
+            Ok(statistics) => Self::from_statistics(&statistics),
+            Err(_) => Self {
+                total_sleep_seconds: 0,
+                sleep_efficiency_percent: None,
+                sleep_latency_seconds: None,
+                time_in_bed_seconds: None,
+            },
+        }
+    }
+
+    /// Takes the headline from a night's statistics. Sleep efficiency is
+    /// Asleep's fraction with two decimals, as a percentage.
+    pub fn from_statistics(statistics: &SleepStatistics) -> Self {
         Self {
-            total_sleep_seconds,
-            sleep_efficiency_percent,
-            sleep_latency_seconds,
-            time_in_bed_seconds,
+            total_sleep_seconds: statistics.time_in_sleep,
+            sleep_efficiency_percent: (statistics.time_in_bed > 0)
+                .then(|| (statistics.sleep_efficiency * 100.0 * 1e6).round() / 1e6),
+            sleep_latency_seconds: statistics.slept().then_some(statistics.sleep_latency),
+            time_in_bed_seconds: (statistics.time_in_bed > 0).then_some(statistics.time_in_bed),
         }
     }
 }
@@ -118,6 +137,17 @@ mod tests {
         assert_eq!(headline.time_in_bed_seconds, Some(8 * 30));
         assert_eq!(headline.sleep_efficiency_percent, Some(50.0));
         assert_eq!(headline.sleep_latency_seconds, Some(60));
+    }
+
+    #[test]
+    fn headline_of_report_uses_its_times() {
+        let report = crate::payload::fixtures::final_report("session-flat.json", "user123");
+        let headline = Headline::from_report(&report);
+        assert_eq!(headline.total_sleep_seconds, 15_000);
+        assert_eq!(headline.time_in_bed_seconds, Some(16_620));
+        // 15000 / 16620 is 0.9025; Asleep's calculator keeps two decimals.
+        assert_eq!(headline.sleep_efficiency_percent, Some(90.0));
+        assert_eq!(headline.sleep_latency_seconds, Some(900));
     }
 
     #[test]

@@ -14,8 +14,9 @@ use dashmap::DashMap;
 use tokio::sync::{OnceCell, broadcast};
 
 use crate::payload::{EPOCH_SECONDS, FinalReport, InferenceResult};
-use crate::protocol::{Clock, ServerMessage};
+use crate::protocol::{Clock, LiveFigures, ServerMessage};
 use crate::report::{Headline, report_path};
+use crate::statistics::{StageModel, Staging};
 use crate::storage::{SessionEvents, StorageError, Store};
 use crate::timeline::Timeline;
 
@@ -72,6 +73,9 @@ pub struct LiveNight {
     /// result bounds the start from above and the smallest bound is kept.
     pub start_estimate_ms: Option<i64>,
     pub report: Option<FinalReport>,
+    /// The deployment's stage model, which decides how the night's stages
+    /// are read in the figures and lanes sent to viewers.
+    pub stage_model: StageModel,
 }
 
 impl LiveNight {
@@ -104,6 +108,7 @@ impl LiveNight {
                 user_id: std::mem::take(&mut self.user_id),
                 session_id: Some(applied.session_id().to_string()),
                 first_seen_ms: applied.session_first_seen_ms(),
+                stage_model: self.stage_model,
                 ..LiveNight::default()
             };
             match applied {
@@ -122,6 +127,7 @@ impl LiveNight {
                 result, received_at_ms, ..
             } => {
                 let change = self.apply_result(result, *received_at_ms)?;
+                let (staging, figures) = self.figures();
                 Some(
                     ServerMessage::Update {
                         session_id: &result.session_id,
@@ -132,6 +138,8 @@ impl LiveNight {
                         epoch_count: self.timeline.len(),
                         last_seq_num: self.timeline.last_seq_num,
                         clock: self.clock(),
+                        staging,
+                        figures,
                     }
                     .to_json(),
                 )
@@ -180,8 +188,33 @@ impl LiveNight {
         }
     }
 
+    /// Computes the night's staging and its figures so far. Until the final
+    /// report names the session's start and end, the time in bed is the
+    /// recorded length and the start only anchors the computation.
+    fn figures(&self) -> (Staging, Option<LiveFigures>) {
+        let stages = &self.timeline.sleep_stages;
+        let staging = self.stage_model.staging(stages);
+        let (start, end) = match &self.report {
+            Some(report) => (
+                report.start_time,
+                report.end_time.filter(|end| *end > report.start_time),
+            ),
+            None => (
+                self.start_estimate_ms
+                    .and_then(DateTime::<Utc>::from_timestamp_millis)
+                    .unwrap_or_default()
+                    .fixed_offset(),
+                None,
+            ),
+        };
+        // The only error is an empty night, which has no figures.
+        let figures = LiveFigures::compute(stages, &self.timeline.snoring_stages, start, end, staging).ok();
+        (staging, figures)
+    }
+
     /// Serializes the whole night as a `snapshot` message.
     pub fn snapshot_json(&self) -> String {
+        let (staging, figures) = self.figures();
         ServerMessage::Snapshot {
             user_id: &self.user_id,
             session_id: self.session_id.as_deref(),
@@ -196,11 +229,14 @@ impl LiveNight {
                 .as_deref()
                 .filter(|_| self.report.is_some())
                 .map(|session_id| report_path(&self.user_id, session_id)),
+            staging,
+            figures,
         }
         .to_json()
     }
 
     fn session_complete_json(&self, report: &FinalReport) -> String {
+        let (staging, figures) = self.figures();
         ServerMessage::SessionComplete {
             session_id: &report.session_id,
             report_url: report_path(&self.user_id, &report.session_id),
@@ -211,6 +247,8 @@ impl LiveNight {
             sleep_stages: &self.timeline.sleep_stages,
             snoring_stages: &self.timeline.snoring_stages,
             headline: Headline::from_report(report),
+            staging,
+            figures,
         }
         .to_json()
     }
@@ -225,6 +263,10 @@ struct RoomState {
     loaded: bool,
     pending: Vec<Applied>,
     night: LiveNight,
+    /// The night's `snapshot` message, serialized once after each change
+    /// and shared by every subscriber until the next change. Joining
+    /// viewers therefore cost no statistics or serialization of their own.
+    snapshot: Option<Utf8Bytes>,
 }
 
 /// One user's room.
@@ -236,7 +278,7 @@ pub struct Room {
 }
 
 impl Room {
-    fn new(user_id: &str) -> Self {
+    fn new(user_id: &str, stage_model: StageModel) -> Self {
         Self {
             sender: broadcast::channel(ROOM_CHANNEL_CAPACITY).0,
             state: Mutex::new(RoomState {
@@ -244,8 +286,10 @@ impl Room {
                 pending: Vec::new(),
                 night: LiveNight {
                     user_id: user_id.to_string(),
+                    stage_model,
                     ..LiveNight::default()
                 },
+                snapshot: None,
             }),
             ready: OnceCell::new(),
         }
@@ -264,6 +308,7 @@ impl Room {
             state.pending.push(applied);
             return;
         }
+        state.snapshot = None;
         if let Some(message) = state.night.apply(&applied) {
             // An error only means no viewer is subscribed at this instant.
             let _ = self.sender.send(Utf8Bytes::from(message));
@@ -273,8 +318,13 @@ impl Room {
     /// Returns the current snapshot together with a receiver positioned
     /// right after it, so no update falls between the two.
     pub fn resubscribe(&self) -> (Utf8Bytes, broadcast::Receiver<Utf8Bytes>) {
-        let state = self.lock();
-        (Utf8Bytes::from(state.night.snapshot_json()), self.sender.subscribe())
+        let mut state = self.lock();
+        let state = &mut *state;
+        let snapshot = state
+            .snapshot
+            .get_or_insert_with(|| Utf8Bytes::from(state.night.snapshot_json()))
+            .clone();
+        (snapshot, self.sender.subscribe())
     }
 }
 
@@ -282,6 +332,7 @@ impl Room {
 pub struct Rooms {
     rooms: DashMap<String, Arc<Room>>,
     store: Store,
+    stage_model: StageModel,
 }
 
 /// A viewer's membership in a room; leaving removes the room when it was the
@@ -293,10 +344,12 @@ pub struct Subscription {
 }
 
 impl Rooms {
-    pub fn new(store: Store) -> Self {
+    /// Creates an empty map whose rooms read stages with `stage_model`.
+    pub fn new(store: Store, stage_model: StageModel) -> Self {
         Self {
             rooms: DashMap::new(),
             store,
+            stage_model,
         }
     }
 
@@ -327,7 +380,7 @@ impl Rooms {
                 &self
                     .rooms
                     .entry(user_id.to_string())
-                    .or_insert_with(|| Arc::new(Room::new(user_id))),
+                    .or_insert_with(|| Arc::new(Room::new(user_id, self.stage_model))),
             );
             room.ready.get_or_try_init(|| self.load(user_id, &room)).await?;
 
@@ -369,8 +422,10 @@ impl Rooms {
         let mut state = room.lock();
         state.night = LiveNight {
             user_id: user_id.to_string(),
+            stage_model: self.stage_model,
             ..night
         };
+        state.snapshot = None;
         for applied in std::mem::take(&mut state.pending) {
             state.night.apply(&applied);
         }
@@ -420,7 +475,7 @@ mod tests {
         let store = Store::open(&folder.path().join("rooms.sqlite3"), Durability::Normal)
             .await
             .unwrap();
-        Rooms::new(store)
+        Rooms::new(store, StageModel::Automatic)
     }
 
     fn parse(text: &str) -> Value {
@@ -467,5 +522,115 @@ mod tests {
         let rooms = empty_rooms(&folder).await;
         rooms.apply("nobody-watches", applied(3));
         assert!(rooms.is_empty());
+    }
+
+    fn result(seq_num: u32, sleep_stages: &[i8]) -> Applied {
+        Applied::Result {
+            result: InferenceResult {
+                user_id: "u".into(),
+                session_id: "s".into(),
+                seq_num,
+                inference_seq_num: None,
+                sleep_stages: sleep_stages.to_vec(),
+                snoring_stages: vec![0; sleep_stages.len()],
+                breath_stages: None,
+                sent_at: None,
+            },
+            received_at_ms: 1_000_000,
+            session_first_seen_ms: 1_000_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn snapshot_carries_figures_and_staging() {
+        let folder = tempfile::tempdir().unwrap();
+        let rooms = empty_rooms(&folder).await;
+        let subscription = rooms.subscribe("u").await.unwrap();
+        let empty = parse(&subscription.snapshot);
+        assert_eq!(empty["figures"], Value::Null, "a night without epochs has no figures");
+        assert_eq!(
+            empty["staging"], "two_stage",
+            "automatic staging before any deep or REM epoch"
+        );
+
+        rooms.apply("u", result(5, &[0, 0, 1, 1, 0, 1]));
+        let (snapshot, _receiver) = subscription.room.resubscribe();
+        let snapshot = parse(&snapshot);
+        assert_eq!(snapshot["staging"], "two_stage");
+        assert_eq!(snapshot["figures"]["time_in_sleep"], 90);
+        assert_eq!(snapshot["figures"]["time_in_wake"], 30);
+        assert_eq!(snapshot["figures"]["time_in_bed"], 180);
+        assert_eq!(snapshot["figures"]["sleep_efficiency"], 0.5);
+        assert_eq!(snapshot["figures"]["time_in_light"], Value::Null);
+        assert_eq!(snapshot["figures"]["current_stage"]["name"], "sleep");
+        assert_eq!(snapshot["figures"]["current_stage"]["epochs"], 1);
+
+        rooms.apply("u", result(7, &[3, 3]));
+        let (snapshot, _receiver) = subscription.room.resubscribe();
+        let snapshot = parse(&snapshot);
+        assert_eq!(
+            snapshot["staging"], "four_stage",
+            "the first REM epoch makes the night four-stage"
+        );
+        assert_eq!(snapshot["figures"]["time_in_light"], 90);
+        assert_eq!(snapshot["figures"]["time_in_rem"], 60);
+        assert_eq!(snapshot["figures"]["current_stage"]["name"], "rem");
+        assert_eq!(snapshot["figures"]["current_stage"]["seconds"], 60);
+    }
+
+    #[tokio::test]
+    async fn update_carries_figures() {
+        let folder = tempfile::tempdir().unwrap();
+        let rooms = empty_rooms(&folder).await;
+        let mut subscription = rooms.subscribe("u").await.unwrap();
+        rooms.apply("u", result(1, &[0, 1]));
+        assert_eq!(parse(&subscription.receiver.recv().await.unwrap())["type"], "snapshot");
+
+        rooms.apply("u", result(3, &[2, 2]));
+        let update = parse(&subscription.receiver.recv().await.unwrap());
+        assert_eq!(update["type"], "update");
+        assert_eq!(update["staging"], "four_stage");
+        assert_eq!(update["figures"]["time_in_deep"], 60);
+        assert_eq!(update["figures"]["time_in_sleep"], 90);
+        assert_eq!(update["figures"]["current_stage"]["code"], 2);
+        assert_eq!(update["figures"]["current_stage"]["epochs"], 2);
+    }
+
+    #[tokio::test]
+    async fn two_stage_room_counts_sleep_codes() {
+        let folder = tempfile::tempdir().unwrap();
+        let store = Store::open(&folder.path().join("rooms.sqlite3"), Durability::Normal)
+            .await
+            .unwrap();
+        let rooms = Rooms::new(store, StageModel::TwoStage);
+        let subscription = rooms.subscribe("u").await.unwrap();
+        rooms.apply("u", result(3, &[0, 1, 3, 2]));
+        let (snapshot, _receiver) = subscription.room.resubscribe();
+        let snapshot = parse(&snapshot);
+        assert_eq!(snapshot["staging"], "two_stage");
+        assert_eq!(snapshot["figures"]["time_in_sleep"], 90);
+        assert_eq!(snapshot["figures"]["time_in_rem"], Value::Null);
+        assert_eq!(snapshot["figures"]["current_stage"]["code"], 1);
+        assert_eq!(snapshot["figures"]["current_stage"]["epochs"], 3);
+    }
+
+    #[tokio::test]
+    async fn subscribers_share_one_serialized_snapshot() {
+        let folder = tempfile::tempdir().unwrap();
+        let rooms = empty_rooms(&folder).await;
+        let first = rooms.subscribe("u").await.unwrap();
+        rooms.apply("u", result(1, &[0, 1]));
+        let (before, _receiver) = first.room.resubscribe();
+        let (again, _receiver) = first.room.resubscribe();
+        assert_eq!(
+            before.as_str().as_ptr(),
+            again.as_str().as_ptr(),
+            "an unchanged night is serialized once"
+        );
+
+        rooms.apply("u", result(3, &[1, 1]));
+        let (after, _receiver) = first.room.resubscribe();
+        assert_ne!(before, after, "a change replaces the stored snapshot");
+        assert_eq!(parse(&after)["figures"]["time_in_sleep"], 90);
     }
 }

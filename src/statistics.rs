@@ -183,14 +183,15 @@ pub struct SleepStatistics {
     pub sleep_cycle: Option<f64>,
     /// Sleep onset, then the end of each sleep cycle; empty without a cycle.
     pub sleep_cycle_time: Vec<DateTime<FixedOffset>>,
-    /// Snoring epochs × 30; `None` when no snoring data arrived.
+    /// Snoring epochs in the sleep period × 30; `None` when no snoring data
+    /// arrived.
     pub time_in_snoring: Option<i64>,
-    /// Epochs analysed as not snoring × 30.
+    /// The rest of the sleep period, as Asleep counts it.
     pub time_in_no_snoring: Option<i64>,
-    /// Snoring share of the epochs with snoring data, two decimals.
+    /// Snoring share of the sleep period, two decimals.
     pub snoring_ratio: Option<f64>,
     pub no_snoring_ratio: Option<f64>,
-    /// Runs of snoring epochs.
+    /// Runs of snoring epochs in the sleep period.
     pub snoring_count: Option<u32>,
 
     /// The figures below are this server's, beyond Asleep's statistics.
@@ -255,18 +256,37 @@ impl SleepStatistics {
         )
     }
 
+    /// Adds the snoring figures. Asleep's reports count them over the sleep
+    /// period: its `time_in_no_snoring` is `time_in_sleep_period` minus
+    /// `time_in_snoring`, and its `snoring_ratio` is snoring time over the
+    /// sleep period. Outside the sleep period snoring is not counted.
     fn add_snoring(&mut self, snoring_stages: &[i8]) {
-        let snoring = snoring_stages.iter().filter(|value| **value == 1).count();
-        let not_snoring = snoring_stages.iter().filter(|value| **value == 0).count();
-        if snoring + not_snoring == 0 {
+        if !snoring_stages.iter().any(|value| matches!(*value, 0 | 1)) {
             return;
         }
-        let snoring_ratio = round_second(snoring as f64 / (snoring + not_snoring) as f64);
-        self.time_in_snoring = Some(epochs_seconds(snoring));
-        self.time_in_no_snoring = Some(epochs_seconds(not_snoring));
+        let period = match self.sleep_onset_epoch {
+            Some(onset) => {
+                let last = self.epochs as usize - 1 - (self.wakeup_latency / EPOCH_SECONDS) as usize;
+                snoring_stages.get(onset..=last.min(snoring_stages.len().saturating_sub(1)))
+            }
+            None => None,
+        };
+        let period = period.unwrap_or_default();
+        let time_in_snoring = epochs_seconds(period.iter().filter(|value| **value == 1).count());
+        let snoring_ratio = if self.time_in_sleep_period > 0 {
+            round_second(time_in_snoring as f64 / self.time_in_sleep_period as f64)
+        } else {
+            0.0
+        };
+        self.time_in_snoring = Some(time_in_snoring);
+        self.time_in_no_snoring = Some(self.time_in_sleep_period - time_in_snoring);
         self.snoring_ratio = Some(snoring_ratio);
-        self.no_snoring_ratio = Some(round_second(1.0 - snoring_ratio));
-        self.snoring_count = Some(runs(snoring_stages, |value| value == 1).count() as u32);
+        self.no_snoring_ratio = Some(if self.time_in_sleep_period > 0 {
+            round_second(1.0 - snoring_ratio)
+        } else {
+            0.0
+        });
+        self.snoring_count = Some(runs(period, |value| value == 1).count() as u32);
     }
 
     fn drop_stage_figures(&mut self) {
@@ -637,16 +657,24 @@ mod tests {
     }
 
     #[test]
-    fn snoring_runs_and_ratio() {
+    fn snoring_counts_over_sleep_period() {
         let start = time("2026-11-20T23:00:00+09:00");
-        let statistics =
-            SleepStatistics::compute(&[1; 8], &[-1, 1, 1, 0, 1, -1, 0, 0], start, None, Staging::FourStage).unwrap();
-        assert_eq!(statistics.time_in_snoring, Some(90));
-        assert_eq!(statistics.time_in_no_snoring, Some(90));
-        assert_eq!(statistics.snoring_ratio, Some(0.5));
-        assert_eq!(statistics.snoring_count, Some(2));
-        let silent = SleepStatistics::compute(&[1; 8], &[], start, None, Staging::FourStage).unwrap();
+        let stages = [0, 1, 1, 1, 0, 1, 1, 0];
+        let snoring = [1, 1, 1, 0, 1, -1, 1, 1];
+        let statistics = SleepStatistics::compute(&stages, &snoring, start, None, Staging::FourStage).unwrap();
+        // The sleep period is epochs 1 to 6: snoring in epochs 1, 2, 4 and 6.
+        assert_eq!(statistics.time_in_sleep_period, 180);
+        assert_eq!(statistics.time_in_snoring, Some(120));
+        assert_eq!(statistics.time_in_no_snoring, Some(60));
+        assert_eq!(statistics.snoring_ratio, Some(0.67));
+        assert_eq!(statistics.no_snoring_ratio, Some(0.33));
+        assert_eq!(statistics.snoring_count, Some(3));
+
+        let silent = SleepStatistics::compute(&stages, &[], start, None, Staging::FourStage).unwrap();
         assert_eq!(silent.time_in_snoring, None);
+        let awake = SleepStatistics::compute(&[0, 0], &[1, 1], start, None, Staging::FourStage).unwrap();
+        assert_eq!(awake.time_in_snoring, Some(0));
+        assert_eq!(awake.snoring_ratio, Some(0.0));
     }
 
     #[test]

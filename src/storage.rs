@@ -298,6 +298,36 @@ impl Store {
             .collect()
     }
 
+    /// Loads the final report of one session; `None` when the session has
+    /// none yet or does not exist. The `events_session_key` index serves
+    /// the lookup.
+    pub async fn final_report(&self, user_id: &str, session_id: &str) -> Result<Option<FinalReport>, StorageError> {
+        let row = sqlx::query(
+            "SELECT id, normalized FROM events
+             WHERE user_id = ? AND session_id = ? AND event = 'SESSION_COMPLETE' AND normalized IS NOT NULL",
+        )
+        .bind(user_id)
+        .bind(session_id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|row| decode(row.get("id"), row.get("normalized"))).transpose()
+    }
+
+    /// Loads the final reports of all of a user's sessions, in the order
+    /// they arrived. Sessions without a final report are left out.
+    pub async fn final_reports(&self, user_id: &str) -> Result<Vec<FinalReport>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT id, normalized FROM events
+             WHERE user_id = ? AND event = 'SESSION_COMPLETE' AND normalized IS NOT NULL ORDER BY id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter()
+            .map(|row| decode(row.get("id"), row.get("normalized")))
+            .collect()
+    }
+
     /// Counts stored events, for tests and operators.
     pub async fn event_count(&self) -> Result<i64, StorageError> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM events")

@@ -6,9 +6,14 @@
 //   update            epochs start .. start + sleep_stages.length changed;
 //                     the timeline now contains epoch_count epochs
 //   session_complete  the final arrays, the report's address and headline
+// Each carries the night's staging (two_stage or four_stage), which sets
+// the lanes, and its figures so far, computed by the server.
 //
 // After each redraw #hypnogram carries data-epochs (epochs drawn) and
-// #connection carries data-state (connecting, live or reconnecting).
+// data-staging, each figure's <dd> carries data-value (the number as the
+// server sent it, absent without one), #current-stage carries data-stage
+// and data-seconds, and #connection carries data-state (connecting, live
+// or reconnecting).
 'use strict';
 
 (() => {
@@ -25,18 +30,20 @@
   const SNORING_GAP = 10;
   const SNORING_HEIGHT = 18;
   const AXIS_HEIGHT = 30;
-  const LANES = ['wake', 'rem', 'light', 'deep'];
   const PLOT_WIDTH = WIDTH - LEFT - RIGHT;
-  const LANES_BOTTOM = TOP + LANE_HEIGHT * LANES.length;
-  const SNORING_TOP = LANES_BOTTOM + SNORING_GAP;
-  const AXIS_TOP = SNORING_TOP + SNORING_HEIGHT + 4;
-  const HEIGHT = AXIS_TOP + AXIS_HEIGHT;
   const TICK_SEARCH_STEP_MS = 15 * 60 * 1000;
 
-  const STAGE_BY_CODE = { 0: 'wake', 1: 'light', 2: 'deep', 3: 'rem' };
-  const LANE_LABELS = { wake: 'Wake', rem: 'REM', light: 'Light', deep: 'Deep' };
-  const STAGE_NAMES = { wake: 'Awake', rem: 'REM sleep', light: 'Light sleep', deep: 'Deep sleep' };
-  const STAGE_FILLS = { wake: '#f2a541', rem: '#8e5bd1', light: '#72a9e0', deep: '#1f3f8f' };
+  // Lanes from top to bottom for each staging the server sends. Asleep's
+  // basic plan analyses wake and sleep only.
+  const LANES = {
+    four_stage: ['wake', 'rem', 'light', 'deep'],
+    two_stage: ['wake', 'sleep'],
+  };
+  const LANE_DESCRIPTIONS = { four_stage: 'wake, REM, light sleep, deep sleep', two_stage: 'wake, sleep' };
+  const FOUR_STAGE_BY_CODE = { 0: 'wake', 1: 'light', 2: 'deep', 3: 'rem' };
+  const LANE_LABELS = { wake: 'Wake', rem: 'REM', light: 'Light', deep: 'Deep', sleep: 'Sleep' };
+  const STAGE_NAMES = { wake: 'Awake', rem: 'REM sleep', light: 'Light sleep', deep: 'Deep sleep', sleep: 'Asleep' };
+  const STAGE_FILLS = { wake: '#f2a541', rem: '#8e5bd1', light: '#72a9e0', deep: '#1f3f8f', sleep: '#4a78c2' };
 
   // Reconnect delays double from 1 s up to 30 s. Each delay is spread by
   // ±20 % so browsers that lost the server together do not return together,
@@ -66,6 +73,9 @@
     complete: false,
     reportUrl: null,
     headline: null,
+    // Four lanes, as the server renders the empty page, until a message names the staging.
+    staging: 'four_stage',
+    figures: null,
   };
 
   // ---- Applying messages ----
@@ -75,6 +85,12 @@
     night.startMs = Number.isFinite(start) ? start : null;
     night.startEstimated = message.start_time_estimated !== false;
     night.timezone = validZone(message.timezone);
+  }
+
+  // Staging and figures come with every message and replace the old ones.
+  function applyFigures(message) {
+    night.staging = message.staging in LANES ? message.staging : 'four_stage';
+    night.figures = message.figures || null;
   }
 
   function validZone(zone) {
@@ -98,6 +114,7 @@
     night.reportUrl = message.report_url || null;
     night.endMs = null;
     night.headline = null;
+    applyFigures(message);
     if (night.complete && night.reportUrl) {
       fetchCompletedNight(night.sessionId, night.reportUrl);
     }
@@ -119,6 +136,7 @@
       night.snoring[message.start + offset] = value;
     });
     applyClock(message);
+    applyFigures(message);
   }
 
   function applySessionComplete(message) {
@@ -135,6 +153,7 @@
     night.complete = true;
     night.reportUrl = message.report_url;
     night.headline = message.headline || null;
+    applyFigures(message);
   }
 
   // A snapshot of a completed night carries no headline, so it is fetched
@@ -279,6 +298,25 @@
     return result;
   }
 
+  // Returns the lane of a stage code, or undefined for no data. In a
+  // two-stage night every sleep code is drawn as sleep, as the server
+  // counts it.
+  function stageOf(code) {
+    if (night.staging === 'two_stage') {
+      if (code === 0) return 'wake';
+      return code >= 1 && code <= 3 ? 'sleep' : undefined;
+    }
+    return FOUR_STAGE_BY_CODE[code];
+  }
+
+  // Vertical positions, which depend on the number of lanes.
+  function layout(laneCount) {
+    const lanesBottom = TOP + LANE_HEIGHT * laneCount;
+    const snoringTop = lanesBottom + SNORING_GAP;
+    const axisTop = snoringTop + SNORING_HEIGHT + 4;
+    return { lanesBottom, snoringTop, axisTop, height: axisTop + AXIS_HEIGHT };
+  }
+
   function create(name, attributes, text) {
     const node = document.createElementNS(SVG_NS, name);
     for (const [key, value] of Object.entries(attributes || {})) node.setAttribute(key, String(value));
@@ -296,16 +334,18 @@
       const estimated = night.startEstimated ? ', estimated' : '';
       text = `From ${formatClock(night.startMs)} to ${formatClock(end)} (${zone}${estimated}), ${text}`;
     }
-    text += ' Lanes from top to bottom: wake, REM, light sleep, deep sleep, then snoring.';
-    const unknown = night.sleep.filter((code) => !(code in STAGE_BY_CODE)).length;
+    text += ` Lanes from top to bottom: ${LANE_DESCRIPTIONS[night.staging]}, then snoring.`;
+    const unknown = night.sleep.filter((code) => stageOf(code) === undefined).length;
     if (unknown > 0) text += ` ${unknown} epochs have no data and are left as gaps.`;
     return text;
   }
 
   function drawHypnogram() {
     const epochs = night.sleep.length;
+    const lanes = LANES[night.staging];
+    const { lanesBottom, snoringTop, axisTop, height } = layout(lanes.length);
     const x = (epoch) => LEFT + (epoch * PLOT_WIDTH) / Math.max(epochs, 1);
-    const laneTop = (stage) => TOP + LANES.indexOf(stage) * LANE_HEIGHT;
+    const laneTop = (stage) => TOP + lanes.indexOf(stage) * LANE_HEIGHT;
     const fragment = document.createDocumentFragment();
 
     fragment.append(
@@ -313,10 +353,10 @@
       create('desc', { id: 'hypnogram-desc' }, describe(epochs)),
     );
 
-    const lanes = create('g', { class: 'lanes' });
-    LANES.forEach((stage, index) => {
+    const laneGroup = create('g', { class: 'lanes' });
+    lanes.forEach((stage, index) => {
       const top = laneTop(stage);
-      lanes.append(
+      laneGroup.append(
         create('rect', {
           class: `lane lane-${stage}`, 'data-stage': stage, x: LEFT, y: top,
           width: PLOT_WIDTH, height: LANE_HEIGHT, fill: index % 2 === 0 ? '#f4f4f4' : '#fbfbfb',
@@ -326,26 +366,26 @@
         }, LANE_LABELS[stage]),
       );
     });
-    lanes.append(
-      create('rect', { class: 'lane lane-snoring', x: LEFT, y: SNORING_TOP, width: PLOT_WIDTH, height: SNORING_HEIGHT, fill: '#f4f4f4' }),
+    laneGroup.append(
+      create('rect', { class: 'lane lane-snoring', x: LEFT, y: snoringTop, width: PLOT_WIDTH, height: SNORING_HEIGHT, fill: '#f4f4f4' }),
       create('text', {
-        class: 'lane-label', x: LEFT - 8, y: SNORING_TOP + SNORING_HEIGHT / 2, 'text-anchor': 'end', 'dominant-baseline': 'middle',
+        class: 'lane-label', x: LEFT - 8, y: snoringTop + SNORING_HEIGHT / 2, 'text-anchor': 'end', 'dominant-baseline': 'middle',
       }, 'Snoring'),
     );
-    fragment.append(lanes);
+    fragment.append(laneGroup);
 
     const gaps = create('g', { class: 'gaps' });
     const stages = create('g', { class: 'stages' });
     let transitions = '';
     let previous = null;
-    for (const run of runs(night.sleep)) {
-      const stage = STAGE_BY_CODE[run.value];
+    for (const run of runs(night.sleep.map(stageOf))) {
+      const stage = run.value;
       const left = x(run.start);
       const width = (x(run.start + run.length) - left).toFixed(2);
       if (stage === undefined) {
         const gap = create('rect', {
           class: 'gap', 'data-start': run.start, 'data-epochs': run.length, x: left.toFixed(2), y: TOP,
-          width, height: LANES_BOTTOM - TOP, fill: '#d0d0d0', 'fill-opacity': 0.5,
+          width, height: lanesBottom - TOP, fill: '#d0d0d0', 'fill-opacity': 0.5,
         });
         gap.append(create('title', {}, `${formatDuration(run.length * night.epochSeconds)} without data`));
         gaps.append(gap);
@@ -372,14 +412,14 @@
       if (run.value !== 1) continue;
       const left = x(run.start);
       snoring.append(create('rect', {
-        class: 'snore', 'data-start': run.start, 'data-epochs': run.length, x: left.toFixed(2), y: SNORING_TOP,
+        class: 'snore', 'data-start': run.start, 'data-epochs': run.length, x: left.toFixed(2), y: snoringTop,
         width: (x(run.start + run.length) - left).toFixed(2), height: SNORING_HEIGHT, fill: '#c8553d',
       }));
     }
     fragment.append(snoring);
 
     const axis = create('g', { class: 'axis' });
-    axis.append(create('line', { class: 'axis-line', x1: LEFT, y1: AXIS_TOP, x2: LEFT + PLOT_WIDTH, y2: AXIS_TOP, stroke: '#555' }));
+    axis.append(create('line', { class: 'axis-line', x1: LEFT, y1: axisTop, x2: LEFT + PLOT_WIDTH, y2: axisTop, stroke: '#555' }));
     const totalSeconds = epochs * night.epochSeconds;
     const ticks = night.startMs === null
       ? elapsedTicks(totalSeconds)
@@ -392,24 +432,62 @@
       const group = create('g', { class: 'tick', 'data-offset-seconds': Math.round(tick.offsetSeconds) });
       group.append(
         create('line', {
-          x1: tickX.toFixed(2), y1: TOP, x2: tickX.toFixed(2), y2: AXIS_TOP + 5, stroke: '#999', 'stroke-width': 0.5, 'stroke-dasharray': '2 3',
+          x1: tickX.toFixed(2), y1: TOP, x2: tickX.toFixed(2), y2: axisTop + 5, stroke: '#999', 'stroke-width': 0.5, 'stroke-dasharray': '2 3',
         }),
-        create('text', { x: tickX.toFixed(2), y: AXIS_TOP + 20, 'text-anchor': anchor }, tick.label),
+        create('text', { x: tickX.toFixed(2), y: axisTop + 20, 'text-anchor': anchor }, tick.label),
       );
       axis.append(group);
     }
     fragment.append(axis);
 
-    svg.setAttribute('viewBox', `0 0 ${WIDTH} ${HEIGHT}`);
+    svg.setAttribute('viewBox', `0 0 ${WIDTH} ${height}`);
     svg.replaceChildren(fragment);
     svg.setAttribute('data-epochs', String(epochs));
+    svg.setAttribute('data-staging', night.staging);
   }
 
-  function currentStageText() {
-    if (night.complete) return 'Night complete';
-    if (night.sleep.length === 0) return '—';
-    const stage = STAGE_BY_CODE[night.sleep[night.sleep.length - 1]];
-    return stage === undefined ? 'No data for the latest epoch' : STAGE_NAMES[stage];
+  // Shows one figure, or a dash when the server sent none.
+  function showFigure(id, value, format) {
+    const node = element(id);
+    if (value === null || value === undefined) {
+      node.textContent = '—';
+      node.removeAttribute('data-value');
+      return;
+    }
+    node.textContent = format(value);
+    node.setAttribute('data-value', String(value));
+  }
+
+  function drawCurrentStage() {
+    const node = element('current-stage');
+    const current = night.figures ? night.figures.current_stage : null;
+    node.setAttribute('data-stage', current ? (current.name || 'none') : '');
+    node.setAttribute('data-seconds', current ? String(current.seconds) : '');
+    if (!current) {
+      node.textContent = '—';
+    } else if (current.name in STAGE_NAMES) {
+      node.textContent = `${STAGE_NAMES[current.name]} for ${formatDuration(current.seconds)}`;
+    } else {
+      node.textContent = `No data for the last ${formatDuration(current.seconds)}`;
+    }
+  }
+
+  function drawFigures() {
+    const twoStage = night.staging === 'two_stage';
+    for (const node of document.querySelectorAll('.four-stage-only')) node.hidden = twoStage;
+    for (const node of document.querySelectorAll('.two-stage-only')) node.hidden = !twoStage;
+    // A completed night shows its headline and links to the report instead.
+    element('so-far').hidden = night.complete;
+
+    const figures = night.figures || {};
+    const percent = (ratio) => formatPercent(ratio * 100);
+    showFigure('figure-time-in-sleep', figures.time_in_sleep, formatDuration);
+    showFigure('figure-sleep-efficiency', figures.sleep_efficiency, percent);
+    showFigure('figure-time-in-wake', figures.time_in_wake, formatDuration);
+    showFigure('figure-time-in-light', figures.time_in_light, formatDuration);
+    showFigure('figure-time-in-deep', figures.time_in_deep, formatDuration);
+    showFigure('figure-time-in-rem', figures.time_in_rem, formatDuration);
+    drawCurrentStage();
   }
 
   function elapsedSeconds() {
@@ -427,7 +505,6 @@
     element('waiting').hidden = hasNight;
     element('session-label').hidden = !hasNight;
     element('session-id').textContent = night.sessionId || '';
-    element('current-stage').textContent = currentStageText();
     updateElapsed();
 
     let start = '—';
@@ -457,6 +534,7 @@
   function render() {
     drawHypnogram();
     drawStatus();
+    drawFigures();
   }
 
   // ---- Connection ----

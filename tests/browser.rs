@@ -2,8 +2,9 @@
 //! chromedriver watches a night arrive and draws it.
 //!
 //! The page's contract with this test: `#connection` carries
-//! `data-state="live"` while the WebSocket is open, and `#hypnogram` carries
-//! `data-epochs`, the number of epochs drawn.
+//! `data-state="live"` while the WebSocket is open, `#hypnogram` carries
+//! `data-epochs`, the number of epochs drawn, and `data-staging`, and each
+//! figure's `<dd>` carries `data-value`, the number the server sent.
 
 mod common;
 
@@ -12,11 +13,11 @@ use std::panic::AssertUnwindSafe;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Night, TestServer, path_segment, query_value, viewer_token};
+use common::{Night, TestServer, Viewer, path_segment, query_value, viewer_token};
 use fantoccini::{Client, ClientBuilder, Locator};
 use futures_util::FutureExt;
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// The Chromium binary Debian's `chromium` package installs.
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -164,8 +165,61 @@ async fn live_page_draws_growing_hypnogram() {
     closed.expect("closing the browser failed");
 }
 
+/// Polls the text of the element matching `selector` until it equals
+/// `expected`, and fails with the last text seen otherwise.
+async fn wait_for_text(browser: &Client, selector: &str, expected: &str) {
+    let deadline = tokio::time::Instant::now() + BROWSER_WAIT;
+    let mut last = None;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(element) = browser.find(Locator::Css(selector)).await {
+            last = element.text().await.ok();
+            if last.as_deref() == Some(expected) {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{selector} shows {last:?} after {BROWSER_WAIT:?}, expected {expected:?}");
+}
+
+/// Returns the visible text of the element matching `selector`.
+async fn text_of(browser: &Client, selector: &str) -> String {
+    browser
+        .find(Locator::Css(selector))
+        .await
+        .unwrap_or_else(|error| panic!("{selector} not found: {error}"))
+        .text()
+        .await
+        .unwrap_or_else(|error| panic!("reading the text of {selector} failed: {error}"))
+}
+
+/// Waits until the page shows the staging and figures of `message`, as a
+/// WebSocket viewer of the same night received it.
+async fn wait_for_figures(browser: &Client, message: &Value) {
+    let staging = message["staging"].as_str().expect("messages carry staging");
+    wait_for_attribute(browser, "#hypnogram", "data-staging", staging).await;
+    let figures = &message["figures"];
+    for (id, field) in [
+        ("figure-time-in-sleep", "time_in_sleep"),
+        ("figure-sleep-efficiency", "sleep_efficiency"),
+        ("figure-time-in-wake", "time_in_wake"),
+    ] {
+        let value = figures[field].to_string();
+        wait_for_attribute(browser, &format!("#{id}"), "data-value", &value).await;
+    }
+    let seconds = figures["current_stage"]["seconds"].to_string();
+    wait_for_attribute(browser, "#current-stage", "data-seconds", &seconds).await;
+
+    let lanes = browser
+        .find_all(Locator::Css("#hypnogram .lanes rect.lane[data-stage]"))
+        .await
+        .expect("finding the lanes failed");
+    let expected_lanes = if staging == "two_stage" { 2 } else { 4 };
+    assert_eq!(lanes.len(), expected_lanes, "lanes of a {staging} night");
+}
+
 /// Opens the live page of the night's user, delivers the night and checks
-/// that the drawing follows.
+/// that the drawing and the figures follow.
 async fn watch_night(server: &TestServer, browser: &Client, night: &Night) {
     let user = night.user_id();
     let live_url = server.url(&format!(
@@ -176,22 +230,94 @@ async fn watch_night(server: &TestServer, browser: &Client, night: &Night) {
     browser.goto(&live_url).await.expect("opening the live page failed");
     wait_for_attribute(browser, "#connection", "data-state", "live").await;
     wait_for_attribute(browser, "#hypnogram", "data-epochs", "0").await;
+    assert_eq!(
+        text_of(browser, "#figure-time-in-sleep").await,
+        "—",
+        "no figures before any result"
+    );
 
-    // Each of the first results extends the night by 10 epochs.
+    // A WebSocket viewer of the same night receives the figures the page
+    // must show.
+    let mut viewer: Viewer = server.viewer(user).await;
+
+    // Each of the first results extends the night by 10 epochs. The first
+    // three hold wake and light only, which automatic staging reads as a
+    // two-stage night; the fourth brings the first deep epochs.
     let (partials, rest): (Vec<_>, Vec<_>) = night.deliveries.iter().partition(|delivery| delivery.is_inference());
-    for delivery in partials.iter().take(3) {
+    let mut shown_sleep = Vec::new();
+    for delivery in partials.iter().take(4) {
         let response = server.deliver(user, &delivery.body).await;
         assert_eq!(response.status, StatusCode::OK, "{}: {}", delivery.file, response.body);
         let epochs = delivery.seq_num().unwrap() + 1;
         wait_for_attribute(browser, "#hypnogram", "data-epochs", &epochs.to_string()).await;
+        let message = viewer.receive().await;
+        wait_for_figures(browser, &message).await;
+        shown_sleep.push(text_of(browser, "#figure-time-in-sleep").await);
+        if message["staging"] == "two_stage" {
+            assert_eq!(
+                text_of(browser, "#hypnogram rect.lane-sleep + text").await,
+                "Sleep",
+                "{}: a two-stage night's sleep lane",
+                delivery.file
+            );
+            assert!(
+                text_of(browser, "#current-stage").await.starts_with("Asleep for "),
+                "{}: current stage of a two-stage night",
+                delivery.file
+            );
+            assert!(
+                !is_displayed(browser, "#figure-time-in-rem").await,
+                "{}: a two-stage night has no REM figure",
+                delivery.file
+            );
+        }
     }
+    assert_ne!(shown_sleep[0], "—", "time asleep appears with the first result");
+    assert_ne!(
+        shown_sleep[0], shown_sleep[1],
+        "time asleep changes with the next result"
+    );
 
-    // The rest of the night, then the final report.
-    for delivery in partials.iter().skip(3).chain(rest.iter()) {
+    // The fourth result ends with 10 deep epochs and makes the night four-stage.
+    wait_for_attribute(browser, "#hypnogram", "data-staging", "four_stage").await;
+    wait_for_text(browser, "#current-stage", "Deep sleep for 5 min").await;
+    assert_eq!(text_of(browser, "#hypnogram rect.lane-deep + text").await, "Deep");
+    assert!(
+        is_displayed(browser, "#figure-time-in-rem").await,
+        "a four-stage night shows its REM figure"
+    );
+
+    // The rest of the night, then the final report. In order, each delivery
+    // sends the viewer one message.
+    let mut last_message = Value::Null;
+    for delivery in partials.iter().skip(4).chain(rest.iter()) {
         let response = server.deliver(user, &delivery.body).await;
         assert_eq!(response.status, StatusCode::OK, "{}: {}", delivery.file, response.body);
+        last_message = viewer.receive().await;
     }
+    assert_eq!(last_message["type"], "session_complete");
     let final_epochs = night.sleep_stages().len();
     wait_for_attribute(browser, "#hypnogram", "data-epochs", &final_epochs.to_string()).await;
+    wait_for_figures(browser, &last_message).await;
+    assert!(
+        !is_displayed(browser, "#so-far").await,
+        "a completed night shows its headline instead of the figures so far"
+    );
+    assert!(
+        is_displayed(browser, "#complete").await,
+        "the completed night's headline"
+    );
     wait_for_attribute(browser, "#connection", "data-state", "live").await;
+    viewer.close().await;
+}
+
+/// Returns whether the element matching `selector` is displayed.
+async fn is_displayed(browser: &Client, selector: &str) -> bool {
+    browser
+        .find(Locator::Css(selector))
+        .await
+        .unwrap_or_else(|error| panic!("{selector} not found: {error}"))
+        .is_displayed()
+        .await
+        .unwrap_or_else(|error| panic!("reading whether {selector} is displayed failed: {error}"))
 }

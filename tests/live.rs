@@ -5,9 +5,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Delivery, Hypnogram, NIGHTS, Night, TestServer, expired_token, inference_body, stages, viewer_token};
+use chrono::{DateTime, FixedOffset};
+use common::{
+    Delivery, Hypnogram, NIGHTS, Night, TestServer, expired_token, inference_body, session_body, stages, viewer_token,
+};
 use reqwest::StatusCode;
 use serde_json::Value;
+use sleep_dashboard::statistics::{SleepStatistics, StageModel, Staging};
 use tokio_tungstenite::tungstenite;
 
 /// How long a test waits to be sure a message that should not exist does
@@ -148,16 +152,18 @@ fn assert_headline_matches_stages(message: &Value, night: &Night) {
     let end = parse_time(night.truth["end_time"].as_str().unwrap());
     let in_bed = (end - start).num_seconds();
     assert_eq!(headline["time_in_bed_seconds"].as_i64(), Some(in_bed), "{}", night.name);
+    // The percentage shows the sleep efficiency rounded to two decimals of
+    // the ratio, as Asleep's calculator rounds it.
     let efficiency = headline["sleep_efficiency_percent"].as_f64().expect("sleep efficiency");
-    let computed = sleep_epochs as f64 * 30.0 / in_bed as f64 * 100.0;
+    let computed = (sleep_epochs as f64 * 30.0 / in_bed as f64 * 100.0).round();
     assert!(
-        (efficiency - computed).abs() < 0.01,
+        (efficiency - computed).abs() < 1e-6,
         "{}: {efficiency} vs {computed}",
         night.name
     );
 }
 
-fn parse_time(text: &str) -> chrono::DateTime<chrono::FixedOffset> {
+fn parse_time(text: &str) -> DateTime<FixedOffset> {
     chrono::DateTime::parse_from_rfc3339(text).unwrap_or_else(|error| panic!("{text:?} is not RFC 3339: {error}"))
 }
 
@@ -662,5 +668,275 @@ async fn silent_client_is_closed_as_dead() {
     server.wait_for_rooms(1).await;
     server.wait_for_rooms(0).await;
     drop(socket);
+    server.stop().await;
+}
+
+/// Returns the `staging` value the protocol uses for a staging.
+fn staging_name(staging: Staging) -> &'static str {
+    match staging {
+        Staging::TwoStage => "two_stage",
+        Staging::FourStage => "four_stage",
+    }
+}
+
+/// Converts stage values read from JSON to the codes the statistics take.
+fn codes(values: &[i64]) -> Vec<i8> {
+    values
+        .iter()
+        .map(|value| i8::try_from(*value).expect("stage values fit in i8"))
+        .collect()
+}
+
+/// Checks a message's `staging` and `figures` against the statistics of
+/// the given hypnogram, read with the staging `model` chooses, and its current stage
+/// against a count done here: the run of equal stages at the end, with
+/// every sleep code counted as sleep in a two-stage night.
+fn assert_figures(
+    message: &Value,
+    sleep: &[i64],
+    snoring: &[i64],
+    end: Option<(DateTime<FixedOffset>, DateTime<FixedOffset>)>,
+    model: StageModel,
+    context: &str,
+) {
+    let sleep = codes(sleep);
+    let snoring = codes(snoring);
+    let staging = model.staging(&sleep);
+    assert_eq!(message["staging"], staging_name(staging), "{context}: staging");
+
+    // Without the final report any start gives the same durations.
+    let (start, end) = match end {
+        Some((start, end)) => (start, Some(end)),
+        None => (parse_time("2026-01-01T00:00:00Z"), None),
+    };
+    let expected = SleepStatistics::compute(&sleep, &snoring, start, end, staging).expect("the night has epochs");
+    let figures = &message["figures"];
+    assert_eq!(
+        figures["time_in_bed"].as_i64(),
+        Some(expected.time_in_bed),
+        "{context}: time_in_bed"
+    );
+    assert_eq!(
+        figures["time_in_sleep"].as_i64(),
+        Some(expected.time_in_sleep),
+        "{context}: time_in_sleep"
+    );
+    assert_eq!(
+        figures["sleep_efficiency"].as_f64(),
+        Some(expected.sleep_efficiency),
+        "{context}: sleep_efficiency"
+    );
+    assert_eq!(
+        figures["time_in_wake"].as_i64(),
+        Some(expected.time_in_wake),
+        "{context}: time_in_wake"
+    );
+    assert_eq!(
+        figures["time_in_light"].as_i64(),
+        expected.time_in_light,
+        "{context}: time_in_light"
+    );
+    assert_eq!(
+        figures["time_in_deep"].as_i64(),
+        expected.time_in_deep,
+        "{context}: time_in_deep"
+    );
+    assert_eq!(
+        figures["time_in_rem"].as_i64(),
+        expected.time_in_rem,
+        "{context}: time_in_rem"
+    );
+
+    let lane = |code: i8| match code {
+        1..=3 if staging == Staging::TwoStage => 1,
+        code => code,
+    };
+    let last = lane(*sleep.last().expect("the night has epochs"));
+    let run = sleep.iter().rev().take_while(|code| lane(**code) == last).count();
+    let current = &figures["current_stage"];
+    assert_eq!(
+        current["code"].as_i64(),
+        Some(i64::from(last)),
+        "{context}: current stage code"
+    );
+    assert_eq!(
+        current["name"].as_str(),
+        staging.name(last),
+        "{context}: current stage name"
+    );
+    assert_eq!(current["epochs"].as_u64(), Some(run as u64), "{context}: current run");
+    assert_eq!(
+        current["seconds"].as_u64(),
+        Some(run as u64 * 30),
+        "{context}: current run"
+    );
+}
+
+#[tokio::test]
+async fn figures_follow_each_result() {
+    for name in NIGHTS {
+        let night = Night::load(name);
+        let server = TestServer::start().await;
+        let mut viewer = server.viewer(night.user_id()).await;
+        let empty = snapshot_of(&server, night.user_id()).await;
+        assert_eq!(empty["figures"], Value::Null, "{name}: a night without epochs");
+
+        let session = (
+            parse_time(night.truth["start_time"].as_str().unwrap()),
+            parse_time(night.truth["end_time"].as_str().unwrap()),
+        );
+        let mut expected = ExpectedTimeline::default();
+        let mut stagings = Vec::new();
+        for (index, delivery) in night.deliveries.iter().enumerate() {
+            let answer = server.deliver(night.user_id(), &delivery.body).await;
+            assert_eq!(
+                answer.status,
+                StatusCode::OK,
+                "{name} {}: {}",
+                delivery.file,
+                answer.body
+            );
+            expected.apply(delivery);
+            let message = viewer.receive().await;
+            let context = format!("{name} {} ({})", delivery.file, message["type"]);
+            let end = (!delivery.is_inference()).then_some(session);
+            assert_figures(
+                &message,
+                &expected.sleep_stages,
+                &expected.snoring_stages,
+                end,
+                StageModel::Automatic,
+                &context,
+            );
+            stagings.push(message["staging"].as_str().unwrap().to_string());
+
+            // A viewer joining mid-night gets the same figures in its snapshot.
+            if index == 10 {
+                let snapshot = snapshot_of(&server, night.user_id()).await;
+                assert_eq!(snapshot["figures"], message["figures"], "{context}: snapshot");
+                assert_eq!(snapshot["staging"], message["staging"], "{context}: snapshot");
+            }
+        }
+
+        // Both nights begin with wake and light only, so automatic staging
+        // reads them as two-stage until the first deep or REM epoch.
+        assert_eq!(stagings.first().map(String::as_str), Some("two_stage"), "{name}");
+        let switch = stagings
+            .iter()
+            .position(|staging| staging == "four_stage")
+            .unwrap_or_else(|| panic!("{name}: staging never became four_stage"));
+        assert!(
+            stagings[switch..].iter().all(|staging| staging == "four_stage"),
+            "{name}: staging went back to two_stage: {stagings:?}"
+        );
+
+        // The completed night's snapshot carries the final figures.
+        let fresh = snapshot_of(&server, night.user_id()).await;
+        assert_figures(
+            &fresh,
+            &night.sleep_stages(),
+            &night.snoring_stages(),
+            Some(session),
+            StageModel::Automatic,
+            &format!("{name} final snapshot"),
+        );
+        viewer.close().await;
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn two_stage_server_sends_two_stage_staging() {
+    let server = TestServer::start_configured(|config| config.stage_model = StageModel::TwoStage).await;
+    let user = "basic-plan";
+    let mut viewer = server.viewer(user).await;
+    assert_eq!(snapshot_of(&server, user).await["staging"], "two_stage");
+
+    // Deep and REM codes in a two-stage deployment count as sleep.
+    let first_sleep = [0, 0, 1, 2, 3, 1];
+    let first_snoring = [0, 0, 0, 1, 1, 0];
+    let body = inference_body(user, "basic-night", 5, &first_sleep, &first_snoring);
+    assert_eq!(server.deliver(user, &body.to_string()).await.status, StatusCode::OK);
+    let snapshot = viewer.receive().await;
+    assert_eq!(snapshot["type"], "snapshot");
+    assert_figures(
+        &snapshot,
+        &first_sleep,
+        &first_snoring,
+        None,
+        StageModel::TwoStage,
+        "first result",
+    );
+    assert_eq!(snapshot["figures"]["time_in_sleep"], 120);
+    assert_eq!(snapshot["figures"]["time_in_light"], Value::Null);
+    assert_eq!(snapshot["figures"]["time_in_rem"], Value::Null);
+    assert_eq!(snapshot["figures"]["current_stage"]["name"], "sleep");
+    assert_eq!(snapshot["figures"]["current_stage"]["epochs"], 4);
+
+    let body = inference_body(user, "basic-night", 7, &[0, 0], &[0, 0]);
+    assert_eq!(server.deliver(user, &body.to_string()).await.status, StatusCode::OK);
+    let update = viewer.receive().await;
+    assert_eq!(update["type"], "update");
+    assert_eq!(update["staging"], "two_stage");
+    assert_eq!(update["figures"]["current_stage"]["name"], "wake");
+    assert_eq!(update["figures"]["current_stage"]["epochs"], 2);
+    assert_eq!(
+        update["figures"]["time_in_wake"], 0,
+        "wake after the last sleep epoch is no WASO"
+    );
+
+    let final_sleep = [0, 0, 1, 2, 3, 1, 0, 0];
+    let final_snoring = [0; 8];
+    let body = session_body(user, "basic-night", &final_sleep, &final_snoring);
+    assert_eq!(server.deliver(user, &body.to_string()).await.status, StatusCode::OK);
+    let complete = viewer.receive().await;
+    assert_eq!(complete["type"], "session_complete");
+    let start = parse_time("2026-11-20T23:00:00Z");
+    assert_figures(
+        &complete,
+        &final_sleep,
+        &final_snoring,
+        Some((start, start + chrono::Duration::seconds(8 * 30))),
+        StageModel::TwoStage,
+        "final report",
+    );
+    viewer.close().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn current_stage_without_data() {
+    let server = TestServer::start().await;
+    let user = "gappy";
+    let mut viewer = server.viewer(user).await;
+
+    let body = inference_body(user, "gappy-night", 3, &[1, 1, -1, -1], &[0, 0, 0, 0]);
+    assert_eq!(server.deliver(user, &body.to_string()).await.status, StatusCode::OK);
+    let snapshot = viewer.receive().await;
+    let current = &snapshot["figures"]["current_stage"];
+    assert_eq!(current["code"], -1);
+    assert_eq!(current["name"], Value::Null);
+    assert_eq!(current["epochs"], 2);
+    assert_eq!(
+        snapshot["figures"]["sleep_efficiency"], 0.5,
+        "unknown epochs lower the efficiency"
+    );
+
+    // A result after a gap: the epochs between are unknown, the last is REM.
+    let body = inference_body(user, "gappy-night", 9, &[1, 3], &[0, 0]);
+    assert_eq!(server.deliver(user, &body.to_string()).await.status, StatusCode::OK);
+    let update = viewer.receive().await;
+    assert_figures(
+        &update,
+        &viewer.hypnogram.sleep_stages,
+        &viewer.hypnogram.snoring_stages,
+        None,
+        StageModel::Automatic,
+        "after the gap",
+    );
+    assert_eq!(update["staging"], "four_stage");
+    assert_eq!(update["figures"]["current_stage"]["name"], "rem");
+    assert_eq!(update["figures"]["current_stage"]["epochs"], 1);
+    viewer.close().await;
     server.stop().await;
 }

@@ -130,11 +130,15 @@ async fn api_serves_night_stages() {
         assert_eq!(document["epoch_seconds"], 30, "{name}");
         assert_eq!(
             document["stat"]["sleep_efficiency"].as_f64(),
-            night.truth["stat"]["sleep_efficiency"]
-                .as_f64()
-                .map(|fraction| fraction * 100.0),
-            "{name}: efficiency is a percentage in the API"
+            night.truth["stat"]["sleep_efficiency"].as_f64(),
+            "{name}: efficiency is a fraction in the API, as Asleep sends it"
         );
+        assert_eq!(
+            document["statistics"]["time_in_sleep"].as_f64(),
+            night.truth["stat"]["time_in_sleep"].as_f64(),
+            "{name}: the computed total sleep equals Asleep's"
+        );
+        assert_statistics_match_asleep(name, &document["statistics"], &night.truth["stat"]);
         assert_eq!(
             document["stat"]["time_in_sleep"].as_f64(),
             night.truth["stat"]["time_in_sleep"].as_f64(),
@@ -406,4 +410,42 @@ async fn restart_serves_stored_night() {
     .await;
     assert!(history.contains(&format!(r#"href="{}?token={token}""#, night.report_path())));
     server.stop().await;
+}
+
+/// Checks every figure Asleep sent for a recorded night against the figure
+/// this server computed from the same hypnogram.
+fn assert_statistics_match_asleep(name: &str, computed: &Value, asleep: &Value) {
+    let asleep = asleep.as_object().expect("the recorded night has a stat object");
+    let mut compared = 0;
+    for (field, expected) in asleep {
+        let actual = &computed[field];
+        match (expected, field.as_str()) {
+            (Value::Null, _) => continue,
+            // Asleep sends the mean cycle length in whole seconds, truncated.
+            (Value::Number(expected), "sleep_cycle") => {
+                assert_eq!(actual.as_f64().map(f64::trunc), expected.as_f64(), "{name}: {field}");
+            }
+            (Value::Number(expected), _) => assert_eq!(actual.as_f64(), expected.as_f64(), "{name}: {field}"),
+            (Value::String(expected), _) => assert_eq!(
+                instant(actual),
+                instant(&Value::from(expected.as_str())),
+                "{name}: {field}"
+            ),
+            (Value::Array(expected), _) => {
+                let expected: Vec<_> = expected.iter().map(instant).collect();
+                let actual: Vec<_> = actual.as_array().expect(field).iter().map(instant).collect();
+                assert_eq!(actual, expected, "{name}: {field}");
+            }
+            _ => panic!("{name}: unexpected stat value {field}: {expected}"),
+        }
+        compared += 1;
+    }
+    assert!(compared >= 30, "{name}: only {compared} figures compared");
+}
+
+fn instant(value: &Value) -> chrono::DateTime<chrono::Utc> {
+    let text = value.as_str().unwrap_or_else(|| panic!("not a time: {value}"));
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|error| panic!("not a time: {text}: {error}"))
+        .to_utc()
 }

@@ -1,4 +1,5 @@
-//! `GET /api/users/{user_id}/sessions/{session_id}`: a session as JSON.
+//! `GET /api/users/{user_id}/sessions/{session_id}`: a session as JSON,
+//! described field by field in `docs/api.md`.
 //!
 //! Errors are JSON too: 401 for a missing or invalid token, 404 for an
 //! unknown session, each `{"error": "..."}`.

@@ -1,24 +1,38 @@
-//! `GET /users/{user_id}`: a user's nights, newest first.
+//! `GET /users/{user_id}`: a user's nights, newest first, with trend
+//! charts of the last 7 and 30 days and the averages over a period chosen
+//! with `?from=YYYY-MM-DD&to=YYYY-MM-DD`.
 
 use askama::Template;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
+use axum::http::Uri;
 use axum::response::Html;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 
+use super::export::{epochs_csv_path, night_json_path, nights_csv_path};
 use super::{PageError, ViewerToken, error::render_failed, with_token};
 use crate::app::AppState;
+use crate::error::AppError;
 use crate::payload::EPOCH_SECONDS;
 use crate::report::{
-    Headline, Source, format_clock, format_date, format_duration, format_percent, live_path, parse_zone, report_path,
+    Headline, Source, format_clock, format_date, format_duration, format_percent, history_path, live_path, parse_zone,
+    report_path,
 };
+use crate::statistics::StageModel;
 use crate::storage::SessionEntry;
+use crate::trends::{self, Metric, Night, Period, PeriodAverages, ROLLING_NIGHTS, TrendChart};
+
+/// Lengths of the trend charts' windows, in days.
+const CHART_WINDOWS: [u32; 2] = [7, 30];
 
 /// One night in the list.
 #[derive(Debug, Clone, PartialEq)]
 struct NightRow {
     session_id: String,
     report_href: String,
+    /// Downloads of a complete night: its epochs as CSV and the night as JSON.
+    epochs_csv_href: Option<String>,
+    night_json_href: Option<String>,
     complete: bool,
     /// The date the night began, in the session's zone when known.
     date: String,
@@ -42,6 +56,8 @@ impl NightRow {
             return Self {
                 session_id: entry.session_id.clone(),
                 report_href,
+                epochs_csv_href: None,
+                night_json_href: None,
                 complete: false,
                 date: format_date(&first_seen, Tz::UTC),
                 start: format!("first results at {} UTC", format_clock(&first_seen, Tz::UTC)),
@@ -70,6 +86,8 @@ impl NightRow {
         Self {
             session_id: entry.session_id.clone(),
             report_href,
+            epochs_csv_href: Some(with_token(&epochs_csv_path(user_id, &entry.session_id), token)),
+            night_json_href: Some(with_token(&night_json_path(user_id, &entry.session_id), token)),
             complete: true,
             date: format_date(&report.start_time, zone),
             start: report.start_time.with_timezone(&zone).format("%H:%M %Z").to_string(),
@@ -97,12 +115,26 @@ fn rows(user_id: &str, entries: &[SessionEntry], token: &str) -> Vec<NightRow> {
     rows
 }
 
+/// The charts of one window: every metric over the same days.
+struct ChartWindow {
+    days: u32,
+    charts: Vec<TrendChart>,
+}
+
 #[derive(Template)]
 #[template(path = "history.html")]
 struct HistoryPage {
     user_id: String,
     nights: Vec<NightRow>,
     live_href: String,
+    nights_csv_href: String,
+    /// Empty when the user has no complete night.
+    chart_windows: Vec<ChartWindow>,
+    rolling_nights: usize,
+    averages: PeriodAverages,
+    /// The period form: where it submits and the viewer token it carries.
+    form_action: String,
+    token: String,
 }
 
 impl HistoryPage {
@@ -111,25 +143,91 @@ impl HistoryPage {
     }
 }
 
-/// Serves the list of a user's nights.
+/// The `from` and `to` query values, as given.
+#[derive(Debug, Default, PartialEq)]
+struct PeriodQuery {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+impl PeriodQuery {
+    /// Reads `from` and `to` from the query; other names, such as
+    /// `token`, are left to their own extractors.
+    fn from_uri(uri: &Uri) -> Result<Self, AppError> {
+        let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(uri)
+            .map_err(|error| AppError::BadQuery(format!("the query string cannot be read: {error}")))?;
+        let mut query = Self::default();
+        for (name, value) in pairs {
+            let slot = match name.as_str() {
+                "from" => &mut query.from,
+                "to" => &mut query.to,
+                _ => continue,
+            };
+            if slot.is_some() {
+                return Err(AppError::BadQuery(format!("{name}: given more than once")));
+            }
+            *slot = Some(value);
+        }
+        Ok(query)
+    }
+
+    /// Resolves the period, defaulting to the days ending at `latest`.
+    fn period(&self, latest: NaiveDate) -> Result<Period, AppError> {
+        Period::from_query(self.from.as_deref(), self.to.as_deref(), latest)
+            .map_err(|error| AppError::BadQuery(error.to_string()))
+    }
+}
+
+/// Serves the list of a user's nights with their trends and averages.
+/// An invalid `from` or `to` gets a 400 response that names the field.
 pub async fn page(
     State(state): State<AppState>,
     Path(user_id): Path<String>,
     ViewerToken(token): ViewerToken,
+    uri: Uri,
 ) -> Result<Html<String>, PageError> {
     state.authorize_viewer(&user_id, token.as_deref())?;
     let token = token.unwrap_or_default();
+    let query = PeriodQuery::from_uri(&uri)?;
     let entries = state.store.sessions(&user_id).await?;
-    Ok(Html(render(&user_id, &entries, &token)?))
+    Ok(Html(render(&user_id, &entries, &token, &query, state.stage_model)?))
 }
 
-fn render(user_id: &str, entries: &[SessionEntry], token: &str) -> Result<String, PageError> {
+fn render(
+    user_id: &str,
+    entries: &[SessionEntry],
+    token: &str,
+    query: &PeriodQuery,
+    model: StageModel,
+) -> Result<String, PageError> {
+    let nights = trends::nights(entries.iter().filter_map(|entry| entry.report.as_ref()), model);
+    let latest = trends::latest_date(&nights);
+    let period = query.period(latest.unwrap_or_else(|| Utc::now().date_naive()))?;
     let page = HistoryPage {
         user_id: user_id.to_string(),
         nights: rows(user_id, entries, token),
         live_href: with_token(&live_path(user_id), token),
+        nights_csv_href: with_token(&nights_csv_path(user_id), token),
+        chart_windows: latest.map(|last| chart_windows(&nights, last)).unwrap_or_default(),
+        rolling_nights: ROLLING_NIGHTS,
+        averages: PeriodAverages::compute(&nights, period),
+        form_action: history_path(user_id),
+        token: token.to_string(),
     };
     Ok(page.render().map_err(render_failed)?)
+}
+
+fn chart_windows(nights: &[Night], last: NaiveDate) -> Vec<ChartWindow> {
+    CHART_WINDOWS
+        .iter()
+        .map(|days| ChartWindow {
+            days: *days,
+            charts: Metric::ALL
+                .iter()
+                .map(|metric| TrendChart::build(*metric, nights, last, *days))
+                .collect(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -169,7 +267,7 @@ mod tests {
         assert_eq!(rows[0].start, "first results at 21:00 UTC");
         assert_eq!(rows[0].duration, None);
 
-        let html = render("user123", &entries, "t").unwrap();
+        let html = render("user123", &entries, "t", &PeriodQuery::default(), StageModel::Automatic).unwrap();
         let positions: Vec<usize> = order
             .iter()
             .map(|id| html.find(&format!(r#"data-session-id="{id}""#)).unwrap())
@@ -202,14 +300,21 @@ mod tests {
 
     #[test]
     fn empty_history_is_friendly() {
-        let html = render("nobody", &[], "t").unwrap();
+        let html = render("nobody", &[], "t", &PeriodQuery::default(), StageModel::Automatic).unwrap();
         assert!(html.contains(r#"id="no-nights""#));
         assert!(!html.contains(r#"id="nights""#));
     }
 
     #[test]
     fn user_id_is_escaped() {
-        let html = render("<script>alert(1)</script>", &[], "t").unwrap();
+        let html = render(
+            "<script>alert(1)</script>",
+            &[],
+            "t",
+            &PeriodQuery::default(),
+            StageModel::Automatic,
+        )
+        .unwrap();
         assert!(!html.contains("<script>alert(1)</script>"));
         assert!(html.contains("&#60;script&#62;alert(1)&#60;/script&#62;"));
     }

@@ -117,6 +117,25 @@ mod tests {
     }
 
     #[test]
+    fn live_page_has_labelled_figures() {
+        let html = render("u", "t").unwrap();
+        assert!(html.contains(r#"<h2 id="so-far-heading">"#));
+        assert!(html.contains(r#"<dl id="figures" class="figures" aria-labelledby="so-far-heading">"#));
+        for id in [
+            "current-stage",
+            "figure-time-in-sleep",
+            "figure-sleep-efficiency",
+            "figure-time-in-wake",
+            "figure-time-in-light",
+            "figure-time-in-deep",
+            "figure-time-in-rem",
+        ] {
+            assert!(html.contains(&format!(r#"<dd id="{id}">"#)), "{id}");
+        }
+        assert!(!html.contains("style=\""), "the page's CSP allows no inline style");
+    }
+
+    #[test]
     fn config_cannot_close_the_script_element() {
         let user_id = "</script><script>alert(1)</script><!--";
         let html = render(user_id, "t&<>").unwrap();

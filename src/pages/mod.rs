@@ -8,6 +8,7 @@
 
 mod api;
 mod error;
+mod export;
 mod history;
 mod live;
 mod session;
@@ -25,21 +26,32 @@ use crate::app::AppState;
 use crate::report::query_value;
 
 pub use error::PageError;
+pub use export::{epochs_csv_path, night_json_path, nights_csv_path};
 pub use session::SessionDocument;
 
 /// Scripts and styles come only from `/static`, never inline, and the
 /// socket and the JSON API are same-origin. Browsers that implement CSP
 /// level 3 let `connect-src 'self'` cover `ws:` and `wss:` on the same host.
+/// Forms may submit only to this server: the history page's period form.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
-     connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+     connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// Builds the routes of this module.
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(home))
         .route("/users/{user_id}", get(history::page))
+        .route("/users/{user_id}/nights.csv", get(export::nights_csv))
         .route("/users/{user_id}/live", get(live::page))
         .route("/users/{user_id}/sessions/{session_id}", get(session::page))
+        .route(
+            "/users/{user_id}/sessions/{session_id}/epochs.csv",
+            get(export::epochs_csv),
+        )
+        .route(
+            "/users/{user_id}/sessions/{session_id}/night.json",
+            get(export::night_json),
+        )
         .route("/api/users/{user_id}/sessions/{session_id}", get(api::session))
         .layer(header_layer(header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
         // Links carry the viewer token in their query, so no page may pass

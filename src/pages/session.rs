@@ -1,5 +1,5 @@
 //! A session's report page and the document behind it, which the JSON API
-//! serves as it is.
+//! serves as it is. `docs/api.md` describes the document field by field.
 
 use askama::Template;
 use axum::extract::{Path, State};
@@ -8,16 +8,17 @@ use chrono::{DateTime, FixedOffset, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 
-use super::{PageError, ViewerToken, error::render_failed, with_token};
+use super::{PageError, ViewerToken, epochs_csv_path, error::render_failed, night_json_path, with_token};
 use crate::app::AppState;
 use crate::error::AppError;
 use crate::hypnogram::{Hypnogram, Svg};
-use crate::payload::{EPOCH_SECONDS, FinalReport, Stat};
+use crate::payload::{EPOCH_SECONDS, FinalReport};
 use crate::report::{
-    Headline, ReportSummary, api_session_path, format_clock, format_date, format_date_time, history_path, live_path,
-    parse_zone,
+    AsleepStat, Headline, NightClock, ReportSummary, api_session_path, format_clock, format_date, format_date_time,
+    history_path, live_path, parse_zone,
 };
 use crate::rooms::LiveNight;
+use crate::statistics::{SleepStatistics, StageModel, Staging, StatisticsError};
 use crate::storage::SessionEvents;
 
 /// Everything stored about one session in plain units: the final report
@@ -37,13 +38,19 @@ pub struct SessionDocument {
     pub start_time_estimated: bool,
     pub end_time: Option<DateTime<FixedOffset>>,
     pub epoch_seconds: i64,
+    /// How the night's stage codes are read, as the deployment's stage
+    /// model decides for this night.
+    pub staging: Staging,
     pub sleep_stages: Vec<i8>,
     pub snoring_stages: Vec<i8>,
     pub peculiarities: Vec<String>,
     pub missing_data_ratio: Option<f64>,
-    /// Asleep's statistics with efficiency as a percentage; `None` when
-    /// Asleep sent none or the night is still in progress.
-    pub stat: Option<Stat>,
+    /// This server's statistics of the night, with clock times in the
+    /// session's zone; `None` when the night has no epochs.
+    pub statistics: Option<SleepStatistics>,
+    /// Asleep's statistics in Asleep's units; `None` when Asleep sent none
+    /// or the night is still in progress.
+    pub stat: Option<AsleepStat>,
     pub headline: Headline,
     /// The final report, kept for the page; the fields above carry its data.
     #[serde(skip)]
@@ -51,9 +58,13 @@ pub struct SessionDocument {
 }
 
 impl SessionDocument {
-    /// Builds the document of one session from its stored events.
-    pub fn from_events(user_id: &str, session_id: &str, events: &SessionEvents) -> Self {
+    /// Builds the document of one session from its stored events, reading
+    /// its stages as `stage_model` decides.
+    pub fn from_events(user_id: &str, session_id: &str, events: &SessionEvents, stage_model: StageModel) -> Self {
         if let Some(report) = &events.report {
+            let zone = parse_zone(&report.timezone);
+            let staging = stage_model.staging(&report.sleep_stages);
+            let statistics = report_statistics(report, staging).map(|statistics| localize(statistics, zone));
             return Self {
                 user_id: user_id.to_string(),
                 session_id: session_id.to_string(),
@@ -63,30 +74,51 @@ impl SessionDocument {
                 start_time_estimated: false,
                 end_time: report.end_time,
                 epoch_seconds: EPOCH_SECONDS,
+                staging,
                 sleep_stages: report.sleep_stages.clone(),
                 snoring_stages: report.snoring_stages.clone(),
                 peculiarities: report.peculiarities.clone(),
                 missing_data_ratio: report.missing_data_ratio,
-                stat: report.stat.clone(),
-                headline: Headline::from_report(report),
+                headline: statistics
+                    .as_ref()
+                    .map_or_else(|| Headline::from_report(report), Headline::from_statistics),
+                statistics,
+                stat: report.stat.as_ref().map(AsleepStat::from),
                 report: Some(report.clone()),
             };
         }
 
         let night = LiveNight::rebuild(user_id, session_id, events);
+        let start_time = night
+            .start_estimate_ms
+            .and_then(DateTime::<Utc>::from_timestamp_millis)
+            .map(|start| start.fixed_offset());
+        let stages = &night.timeline.sleep_stages;
+        let staging = stage_model.staging(stages);
+        // Without an estimated start the statistics count from the Unix
+        // epoch; the page then shows times since the start, not clock times.
+        let statistics = SleepStatistics::compute(
+            stages,
+            &night.timeline.snoring_stages,
+            start_time.unwrap_or(DateTime::UNIX_EPOCH.fixed_offset()),
+            None,
+            staging,
+        )
+        .ok();
         Self {
             user_id: user_id.to_string(),
             session_id: session_id.to_string(),
             complete: false,
             timezone: None,
-            start_time: night
-                .start_estimate_ms
-                .and_then(DateTime::<Utc>::from_timestamp_millis)
-                .map(|start| start.fixed_offset()),
+            start_time,
             start_time_estimated: true,
             end_time: None,
             epoch_seconds: EPOCH_SECONDS,
-            headline: Headline::from_stages(&night.timeline.sleep_stages, None),
+            staging,
+            headline: statistics
+                .as_ref()
+                .map_or_else(|| Headline::from_stages(stages, None), Headline::from_statistics),
+            statistics,
             sleep_stages: night.timeline.sleep_stages,
             snoring_stages: night.timeline.snoring_stages,
             peculiarities: Vec::new(),
@@ -103,6 +135,42 @@ impl SessionDocument {
     }
 }
 
+/// Computes a final report's statistics. A report whose end equals its
+/// start, which intake lets through, is measured by its hypnogram's length
+/// instead, as pysleep does without an end.
+fn report_statistics(report: &FinalReport, staging: Staging) -> Option<SleepStatistics> {
+    let compute = |end| {
+        SleepStatistics::compute(
+            &report.sleep_stages,
+            &report.snoring_stages,
+            report.start_time,
+            end,
+            staging,
+        )
+    };
+    match compute(report.end_time) {
+        Ok(statistics) => Some(statistics),
+        Err(StatisticsError::EndBeforeStart) => compute(None).ok(),
+        Err(StatisticsError::NoEpochs) => None,
+    }
+}
+
+/// Gives every time of the statistics the session zone's offset at that
+/// instant. The calculator adds durations to the start, which keeps the
+/// start's offset: after New York's clocks fall back, a time would still
+/// read `-04:00` where the session's clock read `-05:00`.
+fn localize(mut statistics: SleepStatistics, zone: Tz) -> SleepStatistics {
+    let clock = NightClock::new(zone, statistics.start_time, statistics.end_time);
+    statistics.start_time = clock.localize(statistics.start_time);
+    statistics.end_time = clock.localize(statistics.end_time);
+    statistics.sleep_time = clock.localize(statistics.sleep_time);
+    statistics.wake_time = clock.localize(statistics.wake_time);
+    for time in &mut statistics.sleep_cycle_time {
+        *time = clock.localize(*time);
+    }
+    statistics
+}
+
 /// Loads a session after checking the viewer's token, so a request without
 /// a valid token cannot probe which sessions exist.
 pub async fn load(
@@ -117,7 +185,12 @@ pub async fn load(
         .session_events(user_id, session_id)
         .await?
         .ok_or_else(|| AppError::NotFound("session".to_string()))?;
-    Ok(SessionDocument::from_events(user_id, session_id, &events))
+    Ok(SessionDocument::from_events(
+        user_id,
+        session_id,
+        &events,
+        state.stage_model,
+    ))
 }
 
 #[derive(Template)]
@@ -138,6 +211,9 @@ struct ReportPage {
     history_href: String,
     live_href: String,
     api_href: String,
+    /// Downloads of the night's epochs and of the night as JSON, which
+    /// exist once the final report has arrived.
+    downloads: Option<(String, String)>,
 }
 
 /// Serves `/users/{user_id}/sessions/{session_id}`: the report of one night,
@@ -157,10 +233,18 @@ impl ReportPage {
     fn new(document: &SessionDocument, token: &str) -> Self {
         let zone = document.zone();
         let start = document.start_time.map(|start| start.with_timezone(&Utc));
-        let summary = match &document.report {
-            Some(report) => ReportSummary::from_report(report, zone),
-            None => ReportSummary::from_timeline(&document.sleep_stages, &document.snoring_stages, zone),
-        };
+        let clock = document
+            .statistics
+            .as_ref()
+            .filter(|_| start.is_some())
+            .map(|statistics| NightClock::new(zone, statistics.start_time, statistics.end_time));
+        let summary = ReportSummary::new(
+            document.statistics.as_ref(),
+            document.report.as_ref(),
+            &document.sleep_stages,
+            document.staging,
+            clock,
+        );
         let estimated = if document.start_time_estimated {
             " (estimated)"
         } else {
@@ -168,19 +252,25 @@ impl ReportPage {
         };
         let zone_note = if document.complete {
             format!("Times are in the session's time zone, {}.", zone.name())
-        } else {
+        } else if start.is_some() {
             "Times are in UTC and estimated from when results arrived; the session's time zone is known only \
              once the night completes."
                 .to_string()
+        } else {
+            "The start of this night is not known yet, so times count from its first epoch.".to_string()
+        };
+        let title = match document.staging {
+            Staging::TwoStage => format!("Hypnogram of session {}: wake and sleep", document.session_id),
+            Staging::FourStage => format!("Hypnogram of session {}: sleep stages", document.session_id),
         };
         let hypnogram = Hypnogram {
             sleep_stages: &document.sleep_stages,
             snoring_stages: &document.snoring_stages,
             clock: start.map(|start| (start, zone)),
             start_estimated: document.start_time_estimated,
-            title: format!("Hypnogram of session {}", document.session_id),
+            title,
         }
-        .render();
+        .render_report(document.staging, document.statistics.as_ref());
 
         Self {
             user_id: document.user_id.clone(),
@@ -200,6 +290,12 @@ impl ReportPage {
             history_href: with_token(&history_path(&document.user_id), token),
             live_href: with_token(&live_path(&document.user_id), token),
             api_href: with_token(&api_session_path(&document.user_id, &document.session_id), token),
+            downloads: document.complete.then(|| {
+                (
+                    with_token(&epochs_csv_path(&document.user_id, &document.session_id), token),
+                    with_token(&night_json_path(&document.user_id, &document.session_id), token),
+                )
+            }),
         }
     }
 }
@@ -211,14 +307,19 @@ mod tests {
 
     use crate::payload::fixtures::final_report as fixture_report;
 
-    fn render(report: FinalReport) -> String {
+    fn document(report: &FinalReport, stage_model: StageModel) -> SessionDocument {
         let events = SessionEvents {
             first_seen_ms: 0,
             results: Vec::new(),
             report: Some(report.clone()),
         };
-        let document = SessionDocument::from_events(&report.user_id, &report.session_id, &events);
-        ReportPage::new(&document, "v1.9.token").render().unwrap()
+        SessionDocument::from_events(&report.user_id, &report.session_id, &events, stage_model)
+    }
+
+    fn render(report: FinalReport) -> String {
+        ReportPage::new(&document(&report, StageModel::Automatic), "v1.9.token")
+            .render()
+            .unwrap()
     }
 
     /// Returns the text of the `<dd>` of the figure named `key`.
@@ -228,6 +329,13 @@ mod tests {
         let value = &figure[figure.find("<dd").unwrap()..];
         let value = &value[value.find('>').unwrap() + 1..];
         value[..value.find('<').unwrap()].trim()
+    }
+
+    /// Returns the `<tr>` of the statistic named `name`.
+    fn statistic_row<'a>(html: &'a str, name: &str) -> &'a str {
+        let marker = format!(r#"<tr data-statistic="{name}""#);
+        let row = &html[html.find(&marker).unwrap_or_else(|| panic!("no statistic {name}"))..];
+        &row[..row.find("</tr>").unwrap()]
     }
 
     #[test]
@@ -242,26 +350,59 @@ mod tests {
         assert_eq!(figure_value(&html, "sleep_efficiency"), "92%");
         assert_eq!(figure_value(&html, "fell_asleep_at"), "00:05");
         assert_eq!(figure_value(&html, "total_sleep"), "6 h 52 min");
-        assert_eq!(figure_value(&html, "sleep_cycle_length"), "1 h 32 min");
+        let cycle = statistic_row(&html, "sleep_cycle");
+        assert!(cycle.contains(">1 h 31 min 37.5 s<"), "{cycle}");
+        assert!(cycle.contains(">1 h 31 min 37 s<"), "{cycle}");
+        assert!(cycle.contains(">agrees<"), "truncation is not a disagreement: {cycle}");
+        assert!(
+            !html.contains(r#"id="disagreements""#),
+            "every figure agrees with Asleep's"
+        );
         assert!(html.contains(r#"data-code="NO_BREATHING_STABILITY""#));
         assert!(!html.contains(r#"id="stat-missing""#));
         assert!(!html.contains(r#"id="in-progress""#));
+        assert!(!html.contains(r#"id="unreliable""#));
         assert!(html.contains(r#"href="/users/G-20261101-demo-user-0001?token=v1.9.token""#));
+        assert!(html.contains(
+            r#"id="epochs-csv-link" href="/users/G-20261101-demo-user-0001/sessions/20261120872578_72109/epochs.csv?token=v1.9.token""#
+        ));
+        assert!(html.contains(r#"id="night-json-link""#));
         assert!(html.contains(">00:00</text>"), "hour ticks in Asia/Seoul");
+        assert_eq!(html.matches(r#"<tr class="cycle">"#).count(), 4);
+        assert_eq!(html.matches(r#"<tr class="waso-episode">"#).count(), 7);
     }
 
     #[test]
     fn report_renders_guide_stat_style() {
         let html = render(fixture_report("session-flat.json", "user123"));
-        assert_eq!(figure_value(&html, "sleep_time"), "4 h 10 min");
-        assert_eq!(figure_value(&html, "sleep_efficiency"), "90.3%");
-        assert_eq!(figure_value(&html, "sleep_cycle_count"), "2");
         assert!(html.contains("Sat 20 Jan 2024, 22:00 UTC"));
-        assert!(html.contains(r#"<li class="cycle""#));
+        let efficiency = statistic_row(&html, "sleep_efficiency");
         assert!(
-            html.contains(r#"id="hypnogram-footnote""#),
-            "stage shares come from the hypnogram"
+            efficiency.contains(r#"<td class="asleep-value">90.3%</td>"#),
+            "{efficiency}"
         );
+        let duration = &html[html.find("Sleep time, sent as a duration").expect("the duration row")..];
+        assert!(duration.contains(r#"<td class="asleep-value">4 h 10 min</td>"#));
+        assert!(statistic_row(&html, "sleep_cycle_count").contains(r#"<td class="asleep-value">2</td>"#));
+    }
+
+    #[test]
+    fn altered_stat_shows_disagreement() {
+        let mut report = fixture_report("session-enveloped.json", "G-20261101-demo-user-0001");
+        let stat = report.stat.as_mut().unwrap();
+        stat.waso_count = Some(8.0);
+        stat.sleep_efficiency = Some(85.0);
+        let html = render(report);
+        let notice = &html[html.find(r#"id="disagreements""#).expect("a disagreement notice")..];
+        let notice = &notice[..notice.find("</p>").unwrap()];
+        assert!(notice.contains("on 2 figures"), "{notice}");
+        assert!(notice.contains("Sleep efficiency"), "{notice}");
+        assert!(notice.contains("Awakenings after sleep onset (WASO)"), "{notice}");
+        let waso = statistic_row(&html, "waso_count");
+        assert!(waso.contains(r#"class="disagree""#), "{waso}");
+        assert!(waso.contains("Disagrees: differs by 1"), "{waso}");
+        assert!(statistic_row(&html, "sleep_efficiency").contains("differs by 7 percentage points"));
+        assert!(!statistic_row(&html, "time_in_sleep").contains("disagree"));
     }
 
     #[test]
@@ -273,12 +414,56 @@ mod tests {
         assert!(html.contains(r#"id="stat-missing""#));
         assert!(html.contains("because of TOO_SHORT_FOR_ANALYSIS"));
         assert_eq!(figure_value(&html, "total_sleep"), "4 h 10 min");
-        assert!(html.contains(r#"data-source="hypnogram""#));
+        assert!(statistic_row(&html, "time_in_sleep").contains(r#"<td class="asleep-value">—</td>"#));
         assert!(
             html.contains("&#60;b&#62;NEW&#60;/b&#62;"),
             "unknown codes are shown escaped"
         );
         assert!(!html.contains("<b>NEW</b>"));
+    }
+
+    #[test]
+    fn charts_have_text_alternatives() {
+        let html = render(fixture_report("session-enveloped.json", "G-20261101-demo-user-0001"));
+        for chart in ["hypnogram", "stage-share"] {
+            assert!(
+                html.contains(&format!(r#"role="img" aria-labelledby="{chart}-title {chart}-desc""#)),
+                "{chart}"
+            );
+            assert!(html.contains(&format!(r#"<title id="{chart}-title">"#)), "{chart}");
+            assert!(html.contains(&format!(r#"<desc id="{chart}-desc">"#)), "{chart}");
+        }
+        assert!(html.contains(r#"<table id="stage-periods""#));
+        assert!(html.contains(r#"<table id="stages""#));
+        assert!(!html.contains("style="), "no inline styles under the CSP");
+        assert!(!html.contains("<script"), "no inline scripts under the CSP");
+    }
+
+    #[test]
+    fn two_stage_report_says_sleep() {
+        let report = fixture_report("session-enveloped.json", "G-20261101-demo-user-0001");
+        let document = document(&report, StageModel::TwoStage);
+        let statistics = document.statistics.as_ref().unwrap();
+        assert_eq!(statistics.time_in_light, None);
+        let html = ReportPage::new(&document, "t").render().unwrap();
+        for word in ["Light", "Deep", "REM"] {
+            assert!(!html.contains(word), "a two-stage page never says {word}");
+        }
+        assert!(html.contains(r#"<tr data-stage="sleep">"#));
+        assert!(html.contains(r#"data-staging="two_stage""#));
+        assert!(!html.contains(r#"id="cycles-section""#));
+    }
+
+    #[test]
+    fn document_localizes_statistics() {
+        let mut report = fixture_report("session-enveloped.json", "G-20261101-demo-user-0001");
+        // The same night stored with a UTC start still reads in Seoul time.
+        report.start_time = report.start_time.with_timezone(&Utc).fixed_offset();
+        let document = document(&report, StageModel::Automatic);
+        let statistics = document.statistics.unwrap();
+        assert_eq!(statistics.sleep_time.to_rfc3339(), "2026-11-21T00:05:07+09:00");
+        assert_eq!(statistics.sleep_cycle_time[4].to_rfc3339(), "2026-11-21T06:11:37+09:00");
+        assert_eq!(document.staging, Staging::FourStage);
     }
 
     #[test]
@@ -302,17 +487,25 @@ mod tests {
             results: vec![(result, received_at_ms)],
             report: None,
         };
-        let document = SessionDocument::from_events("u", "s", &events);
+        let document = SessionDocument::from_events("u", "s", &events, StageModel::Automatic);
         assert!(!document.complete);
         assert!(document.start_time_estimated);
         assert_eq!(document.start_time.unwrap().to_rfc3339(), "2026-11-20T14:47:07+00:00");
         assert_eq!(document.sleep_stages.len(), 40);
+        let statistics = document.statistics.as_ref().unwrap();
+        assert_eq!(statistics.start_time, document.start_time.unwrap());
+        assert_eq!(statistics.time_in_bed, 40 * 30);
+        assert_eq!(statistics.unknown_epochs, 5);
+        assert_eq!(document.staging, Staging::TwoStage, "no deep or REM yet");
 
         let html = ReportPage::new(&document, "t").render().unwrap();
         assert!(html.contains(r#"id="in-progress""#));
         assert!(html.contains(r#"href="/users/u/live?token=t""#));
+        assert!(!html.contains("epochs-csv-link"), "no download before the final report");
         assert!(html.contains(r#"class="gap" data-start="20" data-epochs="5""#));
         assert!(html.contains("14:47 UTC (estimated)"));
+        assert!(html.contains(r#"id="unreliable""#), "5 of 40 epochs without data");
+        assert!(html.contains("still in progress: Asleep sends its statistics"));
     }
 
     #[test]

@@ -1,14 +1,18 @@
-//! The report below the hypnogram: figures in plain units, stage times and
-//! shares, sleep cycles and peculiarities.
+//! Everything the report page shows beside the hypnogram, in plain units:
+//! the main figures, the statistics table beside Asleep's, the stage shares,
+//! the WASO episodes, the sleep cycles, the stage periods and the
+//! peculiarities.
 
-use chrono::{DateTime, FixedOffset};
-use chrono_tz::Tz;
+use chrono::{DateTime, Duration, FixedOffset};
 use serde::Serialize;
 
-use super::Headline;
-use super::format::{format_clock, format_duration, format_percent, format_ratio};
-use super::statistics::{HypnogramFigures, Stage};
-use crate::payload::{FinalReport, SleepTime, Stat};
+use super::comparison::{Kind, StatisticRow, statistic_rows};
+use super::format::{NightClock, format_duration, format_percent};
+use super::peculiarities::{Peculiarity, explain_all, stat_missing_reason};
+use super::share_bar::{self, Share};
+use crate::hypnogram::{Svg, stage_periods};
+use crate::payload::{EPOCH_SECONDS, FinalReport};
+use crate::statistics::{SleepStatistics, Staging, UNRELIABLE_UNKNOWN_RATIO};
 
 /// The source of a figure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -33,498 +37,441 @@ impl Source {
     }
 }
 
-/// One line of a report: a label and its value in plain units.
+/// One of the main figures at the top of a report, computed by this server.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Figure {
     /// Stable name of the figure, used as `data-figure` in the page.
     pub key: &'static str,
     pub label: &'static str,
     pub value: String,
-    pub source: Source,
 }
 
-/// Time and share of one sleep stage.
+/// Time and share of one sleep stage: a row of the stage table, which is
+/// also the stage-share bar's data table.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StageRow {
-    pub stage: Stage,
-    pub time: Option<(String, Source)>,
-    /// Share of the sleep period, as Asleep's ratios define it.
-    pub share: Option<(String, Source)>,
+    /// The stage's name in classes, such as `light`, or `sleep` in a
+    /// two-stage night.
+    pub name: &'static str,
+    pub label: &'static str,
+    pub time: String,
+    /// Share of the sleep period; `None` for a night without sleep.
+    pub share: Option<String>,
 }
 
-impl StageRow {
-    pub fn name(&self) -> &'static str {
-        self.stage.name()
-    }
-
-    pub fn label(&self) -> &'static str {
-        self.stage.label()
-    }
+/// A clock time with its machine-readable form for `<time datetime>`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TimeLabel {
+    /// A clock time in the session's zone, such as `01:30 EST`, or the time
+    /// since the start when the start is unknown.
+    pub text: String,
+    /// RFC 3339 with the zone's offset at that instant; `None` when the
+    /// start is unknown.
+    pub datetime: Option<String>,
 }
 
-/// One sleep cycle with its clock times.
+/// One WASO episode.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WasoRow {
+    pub start: TimeLabel,
+    pub length: String,
+}
+
+/// One sleep cycle, from sleep onset or the end of the previous cycle to
+/// the end of its REM cluster.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CycleRow {
     /// Position from 1.
     pub number: usize,
-    pub start: Option<String>,
-    pub end: Option<String>,
-    pub length: Option<String>,
+    pub start: TimeLabel,
+    pub end: TimeLabel,
+    pub length: String,
 }
 
-/// A peculiarity code with its meaning.
+/// One run of the hypnogram: a row of its data table.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Peculiarity {
-    pub code: String,
-    /// Plain-words meaning; `None` for a code this server does not know.
-    pub explanation: Option<&'static str>,
+pub struct PeriodRow {
+    pub start: TimeLabel,
+    pub end: TimeLabel,
+    /// The stage's label, or `No data`.
+    pub stage: &'static str,
+    pub length: String,
 }
 
-/// Returns the meaning of a peculiarity code Asleep sends, or `None` for an
-/// unknown code.
-pub fn explain_peculiarity(code: &str) -> Option<&'static str> {
-    Some(match code {
-        "IN_PROGRESS" => {
-            "The session was still being analysed when this report was sent, so Asleep sent no statistics yet."
-        }
-        "NEVER_SLEPT" => "No sleep was detected during the session.",
-        "TOO_SHORT_FOR_ANALYSIS" => "The recording is shorter than 20 minutes, too short for Asleep to analyse.",
-        "TOO_LONG_FOR_ANALYSIS" => "The recording is longer than 24 hours, too long for Asleep to analyse.",
-        "TOO_MANY_DEFECTS_IN_SLEEP_STAGES" => {
-            "Too many epochs have no usable data, so Asleep could not compute reliable statistics."
-        }
-        "NO_BREATHING_STABILITY" => {
-            "Breathing stability was not analysed for this session, so breathing figures are missing."
-        }
-        // NOTE: Asleep's documentation lists this code without describing
-        // it, so the text restates its name and its one documented effect,
-        // `stat: null`.
-        "NO_REALTIME_POLLING" => {
-            "Results were not polled in real time during this session, and Asleep sends no statistics for such sessions."
-        }
-        _ => return None,
-    })
+/// How many epochs have no data, and whether that leaves the night's
+/// statistics reliable.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UnknownShare {
+    pub epochs: u32,
+    pub total: u32,
+    /// Unknown epochs over all epochs, as a percentage such as `12.5%`.
+    pub percent: String,
+    pub reliable: bool,
+    /// The threshold above which a night is unreliable, such as `10%`.
+    pub threshold: String,
 }
-
-/// Peculiarities after which Asleep sends `stat: null`.
-const PECULIARITIES_WITHOUT_STAT: [&str; 4] = [
-    "IN_PROGRESS",
-    "NO_REALTIME_POLLING",
-    "TOO_SHORT_FOR_ANALYSIS",
-    "TOO_MANY_DEFECTS_IN_SLEEP_STAGES",
-];
 
 /// Everything the report page shows below the hypnogram.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReportSummary {
+    pub staging: Staging,
     pub figures: Vec<Figure>,
+    pub statistics: Vec<StatisticRow>,
+    /// Labels of the statistics where this server and Asleep disagree
+    /// beyond rounding.
+    pub disagreements: Vec<String>,
     pub stages: Vec<StageRow>,
+    /// The stage-share bar; `None` for a night without sleep.
+    #[serde(skip)]
+    pub share_bar: Option<Svg>,
+    pub waso: Vec<WasoRow>,
     pub cycles: Vec<CycleRow>,
+    pub periods: Vec<PeriodRow>,
+    /// `None` for a night without epochs.
+    pub unknown: Option<UnknownShare>,
     /// Reason Asleep's statistics are missing; `None` when they arrived.
     pub stat_missing: Option<String>,
     pub peculiarities: Vec<Peculiarity>,
 }
 
+/// Places epochs and instants of one night in time for readers.
+struct Timing {
+    /// Start of epoch 0.
+    start: DateTime<FixedOffset>,
+    /// `None` when the start is unknown, so times read as time since start.
+    clock: Option<NightClock>,
+}
+
+impl Timing {
+    fn at(&self, time: DateTime<FixedOffset>) -> TimeLabel {
+        match &self.clock {
+            Some(clock) => TimeLabel {
+                text: clock.format(&time),
+                datetime: Some(clock.datetime(&time)),
+            },
+            None => TimeLabel {
+                text: format!("{} after the start", format_duration((time - self.start).num_seconds())),
+                datetime: None,
+            },
+        }
+    }
+
+    fn at_epoch(&self, epoch: usize) -> TimeLabel {
+        self.at(self.start + Duration::seconds(epoch as i64 * EPOCH_SECONDS))
+    }
+}
+
 impl ReportSummary {
-    /// Summarizes a final report, with clock times in `zone`.
-    pub fn from_report(report: &FinalReport, zone: Tz) -> Self {
-        let computed = HypnogramFigures::from_stages(&report.sleep_stages, &report.snoring_stages);
-        let headline = Headline::from_report(report);
-        let stat = report.stat.as_ref();
-        let mut summary = Self::build(stat, &computed, &headline, zone);
-        summary.peculiarities = report
-            .peculiarities
+    /// Summarizes one night. `statistics` are this server's, `None` for a
+    /// night without epochs; `report` is the final report, `None` while the
+    /// night is in progress. `clock` shows times in the session's zone;
+    /// without it times count from the start.
+    pub fn new(
+        statistics: Option<&SleepStatistics>,
+        report: Option<&FinalReport>,
+        sleep_stages: &[i8],
+        staging: Staging,
+        clock: Option<NightClock>,
+    ) -> Self {
+        let stat = report.and_then(|report| report.stat.as_ref());
+        let table_clock = clock.unwrap_or_else(NightClock::utc);
+        let statistics_rows = statistic_rows(statistics, stat, staging, &table_clock);
+        let disagreements = statistics_rows
             .iter()
-            .map(|code| Peculiarity {
-                code: code.clone(),
-                explanation: explain_peculiarity(code),
-            })
+            .filter(|row| row.disagreement.is_some())
+            .map(|row| row.label.clone())
             .collect();
-        if stat.is_none() {
-            summary.stat_missing = Some(stat_missing_reason(&report.peculiarities));
-        }
-        if let Some(ratio) = report.missing_data_ratio {
-            summary.figures.push(Figure {
-                key: "missing_data",
-                label: "Time without data",
-                value: format_ratio(ratio),
-                source: Source::Asleep,
-            });
-        }
-        summary
-    }
-
-    /// Summarizes a night still in progress from its hypnogram so far.
-    pub fn from_timeline(sleep_stages: &[i8], snoring_stages: &[i8], zone: Tz) -> Self {
-        let computed = HypnogramFigures::from_stages(sleep_stages, snoring_stages);
-        let headline = Headline::from_stages(sleep_stages, None);
-        let mut summary = Self::build(None, &computed, &headline, zone);
-        summary.stat_missing =
-            Some("The night is still in progress: Asleep sends its statistics with the final report.".to_string());
-        summary
-    }
-
-    fn build(stat: Option<&Stat>, computed: &HypnogramFigures, headline: &Headline, zone: Tz) -> Self {
-        let asleep = |field: fn(&Stat) -> Option<f64>| stat.and_then(field);
-        let mut figures = Vec::new();
-        let mut push = |key: &'static str, label: &'static str, value: Option<(String, Source)>| {
-            if let Some((value, source)) = value {
-                figures.push(Figure {
-                    key,
-                    label,
-                    value,
-                    source,
-                });
+        let stat_missing = match report {
+            None => {
+                Some("The night is still in progress: Asleep sends its statistics with the final report.".to_string())
             }
+            Some(report) if report.stat.is_none() => Some(stat_missing_reason(&report.peculiarities)),
+            Some(_) => None,
+        };
+        let mut summary = Self {
+            staging,
+            figures: Vec::new(),
+            statistics: statistics_rows,
+            disagreements,
+            stages: Vec::new(),
+            share_bar: None,
+            waso: Vec::new(),
+            cycles: Vec::new(),
+            periods: Vec::new(),
+            unknown: None,
+            stat_missing,
+            peculiarities: report
+                .map(|report| explain_all(&report.peculiarities))
+                .unwrap_or_default(),
+        };
+        let Some(statistics) = statistics else {
+            return summary;
         };
 
-        push(
-            "total_sleep",
-            "Total sleep",
-            pick(asleep(|s| s.time_in_sleep), Some(headline.total_sleep_seconds)).map(duration),
-        );
-        push(
-            "time_in_bed",
-            "Time in bed",
-            pick(asleep(|s| s.time_in_bed), headline.time_in_bed_seconds).map(duration),
-        );
-        let efficiency = match asleep(|s| s.sleep_efficiency) {
-            Some(percent) => Some((percent, Source::Asleep)),
-            None => headline
-                .sleep_efficiency_percent
-                .map(|percent| (percent, Source::Hypnogram)),
+        let timing = Timing {
+            start: statistics.start_time,
+            clock,
         };
-        push(
-            "sleep_efficiency",
-            "Sleep efficiency",
-            efficiency.map(|(percent, source)| (format_percent(percent), source)),
-        );
-        push(
-            "sleep_latency",
-            "Time to fall asleep",
-            pick(asleep(|s| s.sleep_latency), computed.sleep_latency_seconds).map(duration),
-        );
-        match stat.and_then(|stat| stat.sleep_time.as_ref()) {
-            Some(SleepTime::Clock(time)) => push(
-                "fell_asleep_at",
-                "Fell asleep at",
-                Some((format_clock(time, zone), Source::Asleep)),
-            ),
-            Some(SleepTime::Duration(seconds)) => push(
-                "sleep_time",
-                "Sleep time",
-                Some((format_duration(*seconds), Source::Asleep)),
-            ),
-            None => {}
+        summary.figures = figures(statistics, &timing, report);
+        summary.stages = stage_rows(statistics, staging);
+        if statistics.time_in_sleep_period > 0 {
+            let shares: Vec<Share> = staging
+                .lanes()
+                .iter()
+                .filter_map(|code| {
+                    Some(Share {
+                        code: *code,
+                        ratio: statistics.stage_ratio(*code)?,
+                    })
+                })
+                .collect();
+            summary.share_bar = Some(share_bar::render(&shares, staging));
         }
-        if let Some(time) = stat.and_then(|stat| stat.wake_time) {
-            push(
-                "woke_up_at",
-                "Woke up at",
-                Some((format_clock(&time, zone), Source::Asleep)),
-            );
-        }
-        push(
-            "wakeup_latency",
-            "Time in bed after waking up",
-            pick(asleep(|s| s.wakeup_latency), computed.wakeup_latency_seconds).map(duration),
-        );
-        push(
-            "waso_count",
-            "Awakenings after falling asleep (WASO)",
-            pick(asleep(|s| s.waso_count), Some(computed.waso_count as i64)).map(count),
-        );
-        push(
-            "longest_waso",
-            "Longest awakening",
-            pick(asleep(|s| s.longest_waso), Some(computed.longest_waso_seconds)).map(duration),
-        );
-
-        let cycles = stat.map(|stat| cycle_rows(stat, zone)).unwrap_or_default();
-        let listed_cycles = stat
-            .filter(|stat| !stat.sleep_cycles.is_empty())
-            .map(|stat| stat.sleep_cycles.len() as f64);
-        push(
-            "sleep_cycle_count",
-            "Sleep cycles",
-            pick(
-                asleep(|s| s.sleep_cycle_count).or(listed_cycles),
-                Some(computed.sleep_cycle_count as i64),
-            )
-            .map(count),
-        );
-        let mean_cycle = asleep(|s| s.sleep_cycle).or_else(|| stat.and_then(mean_listed_cycle_seconds));
-        push(
-            "sleep_cycle_length",
-            "Average sleep-cycle length",
-            pick(
-                mean_cycle,
-                computed.sleep_cycle_seconds.map(|seconds| seconds.round() as i64),
-            )
-            .map(duration),
-        );
-
-        push(
-            "snoring_time",
-            "Snoring",
-            pick(asleep(|s| s.time_in_snoring), Some(computed.time_in_snoring_seconds)).map(duration),
-        );
-        let computed_snoring_share = (computed.time_in_sleep_period_seconds > 0)
-            .then(|| computed.time_in_snoring_seconds as f64 / computed.time_in_sleep_period_seconds as f64);
-        push(
-            "snoring_share",
-            "Snoring, share of the sleep period",
-            pick_ratio(asleep(|s| s.snoring_ratio), computed_snoring_share),
-        );
-        push(
-            "snoring_count",
-            "Snoring episodes",
-            pick(asleep(|s| s.snoring_count), Some(computed.snoring_count as i64)).map(count),
-        );
-        push(
-            "unstable_breathing",
-            "Unstable breathing, share of the sleep period",
-            pick_ratio(asleep(|s| s.unstable_breath_ratio), None),
-        );
-        if let Some(pattern) = stat.and_then(|stat| stat.breathing_pattern.clone()) {
-            push(
-                "breathing_pattern",
-                "Breathing pattern",
-                Some((pattern, Source::Asleep)),
-            );
-        }
-        if let Some(score) = asleep(|s| s.sleep_index) {
-            push(
-                "sleep_score",
-                "Sleep score",
-                Some((format!("{} of 100", score.round()), Source::Asleep)),
-            );
-        }
-        if computed.unknown_seconds > 0 {
-            push(
-                "unknown_epochs",
-                "Epochs without a sleep stage",
-                Some((format_duration(computed.unknown_seconds), Source::Hypnogram)),
-            );
-        }
-
-        let stages = Stage::LANES
+        summary.waso = statistics
+            .waso_episodes
             .iter()
-            .rev()
-            .map(|stage| stage_row(*stage, stat, computed))
-            .collect();
-        Self {
-            figures,
-            stages,
-            cycles,
-            stat_missing: None,
-            peculiarities: Vec::new(),
-        }
-    }
-
-    /// Returns whether any figure was computed from the hypnogram, which the
-    /// page then explains in a footnote.
-    pub fn uses_hypnogram(&self) -> bool {
-        self.figures.iter().any(|figure| figure.source.is_hypnogram())
-            || self.stages.iter().any(|row| {
-                [&row.time, &row.share]
-                    .iter()
-                    .any(|value| matches!(value, Some((_, Source::Hypnogram))))
+            .map(|episode| WasoRow {
+                start: timing.at_epoch(episode.start_epoch),
+                length: format_duration(episode.epochs as i64 * EPOCH_SECONDS),
             })
-    }
-}
-
-/// Explains a missing `stat` by the peculiarities that cause it.
-fn stat_missing_reason(peculiarities: &[String]) -> String {
-    let causes: Vec<&str> = peculiarities
-        .iter()
-        .map(String::as_str)
-        .filter(|code| PECULIARITIES_WITHOUT_STAT.contains(code))
-        .collect();
-    if causes.is_empty() {
-        "Asleep sent no statistics for this night.".to_string()
-    } else {
-        format!(
-            "Asleep sent no statistics for this night because of {}.",
-            causes.join(", ")
-        )
-    }
-}
-
-/// Picks Asleep's value, else the computed one, and returns which it took.
-fn pick(asleep: Option<f64>, computed: Option<i64>) -> Option<(f64, Source)> {
-    match (asleep, computed) {
-        (Some(value), _) => Some((value, Source::Asleep)),
-        (None, Some(value)) => Some((value as f64, Source::Hypnogram)),
-        (None, None) => None,
-    }
-}
-
-fn pick_ratio(asleep: Option<f64>, computed: Option<f64>) -> Option<(String, Source)> {
-    match (asleep, computed) {
-        (Some(ratio), _) => Some((format_ratio(ratio), Source::Asleep)),
-        (None, Some(ratio)) => Some((format_ratio(ratio), Source::Hypnogram)),
-        (None, None) => None,
-    }
-}
-
-fn duration((seconds, source): (f64, Source)) -> (String, Source) {
-    (format_duration(seconds.round() as i64), source)
-}
-
-fn count((value, source): (f64, Source)) -> (String, Source) {
-    (format!("{}", value.round() as i64), source)
-}
-
-fn stage_row(stage: Stage, stat: Option<&Stat>, computed: &HypnogramFigures) -> StageRow {
-    let (time, ratio) = match (stat, stage) {
-        (None, _) => (None, None),
-        (Some(stat), Stage::Wake) => (stat.time_in_wake, stat.wake_ratio),
-        (Some(stat), Stage::Rem) => (stat.time_in_rem, stat.rem_ratio),
-        (Some(stat), Stage::Light) => (stat.time_in_light, stat.light_ratio),
-        (Some(stat), Stage::Deep) => (stat.time_in_deep, stat.deep_ratio),
-    };
-    StageRow {
-        stage,
-        time: pick(time, Some(computed.stage_seconds(stage))).map(duration),
-        share: pick_ratio(ratio, computed.stage_share(stage)),
-    }
-}
-
-/// Lists the sleep cycles in whichever form the statistics carry them: a
-/// list of cycles, or the boundaries `sleep_cycle_time` (sleep onset, then
-/// the end of each cycle).
-fn cycle_rows(stat: &Stat, zone: Tz) -> Vec<CycleRow> {
-    let row = |number: usize, start: Option<&DateTime<FixedOffset>>, end: Option<&DateTime<FixedOffset>>| CycleRow {
-        number,
-        start: start.map(|time| format_clock(time, zone)),
-        end: end.map(|time| format_clock(time, zone)),
-        length: start
-            .zip(end)
-            .map(|(start, end)| format_duration((*end - *start).num_seconds())),
-    };
-    if !stat.sleep_cycles.is_empty() {
-        return stat
-            .sleep_cycles
-            .iter()
-            .enumerate()
-            .map(|(position, cycle)| row(position + 1, cycle.start_time.as_ref(), cycle.end_time.as_ref()))
             .collect();
+        summary.cycles = statistics
+            .sleep_cycle_time
+            .windows(2)
+            .enumerate()
+            .map(|(index, bounds)| CycleRow {
+                number: index + 1,
+                start: timing.at(bounds[0]),
+                end: timing.at(bounds[1]),
+                length: format_duration((bounds[1] - bounds[0]).num_seconds()),
+            })
+            .collect();
+        summary.periods = stage_periods(sleep_stages, staging)
+            .into_iter()
+            .map(|period| PeriodRow {
+                start: timing.at_epoch(period.start_epoch),
+                end: timing.at_epoch(period.start_epoch + period.epochs),
+                stage: staging.label(period.code).unwrap_or("No data"),
+                length: format_duration(period.epochs as i64 * EPOCH_SECONDS),
+            })
+            .collect();
+        summary.unknown = Some(UnknownShare {
+            epochs: statistics.unknown_epochs,
+            total: statistics.epochs,
+            percent: format_percent(statistics.unknown_ratio * 100.0),
+            reliable: statistics.reliable,
+            threshold: format_percent(UNRELIABLE_UNKNOWN_RATIO * 100.0),
+        });
+        summary
     }
-    stat.sleep_cycle_time
-        .windows(2)
-        .enumerate()
-        .map(|(position, bounds)| row(position + 1, Some(&bounds[0]), Some(&bounds[1])))
-        .collect()
+
+    /// Returns the tolerance of each kind of statistic in words, for the
+    /// sentence that explains the disagreement marker.
+    pub fn tolerances(&self) -> String {
+        Kind::ALL
+            .iter()
+            .map(|kind| kind.tolerance())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Returns whether a hypnogram period has no data, for the template.
+    pub fn has_unknown(&self) -> bool {
+        self.unknown.as_ref().is_some_and(|unknown| unknown.epochs > 0)
+    }
+
+    /// Returns whether the night is two-stage, for the template.
+    pub fn two_stage(&self) -> bool {
+        self.staging == Staging::TwoStage
+    }
 }
 
-fn mean_listed_cycle_seconds(stat: &Stat) -> Option<f64> {
-    let lengths: Vec<i64> = stat
-        .sleep_cycles
+fn figures(statistics: &SleepStatistics, timing: &Timing, report: Option<&FinalReport>) -> Vec<Figure> {
+    let mut figures = vec![
+        Figure {
+            key: "total_sleep",
+            label: "Total sleep",
+            value: format_duration(statistics.time_in_sleep),
+        },
+        Figure {
+            key: "time_in_bed",
+            label: "Time in bed",
+            value: format_duration(statistics.time_in_bed),
+        },
+        Figure {
+            key: "sleep_efficiency",
+            label: "Sleep efficiency",
+            value: format_percent(statistics.sleep_efficiency * 100.0),
+        },
+    ];
+    if statistics.slept() {
+        figures.extend([
+            Figure {
+                key: "sleep_latency",
+                label: "Time to fall asleep",
+                value: format_duration(statistics.sleep_latency),
+            },
+            Figure {
+                key: "fell_asleep_at",
+                label: "Fell asleep at",
+                value: timing.at(statistics.sleep_time).text,
+            },
+            Figure {
+                key: "woke_up_at",
+                label: "Final awakening at",
+                value: timing.at(statistics.wake_time).text,
+            },
+        ]);
+    } else {
+        figures.push(Figure {
+            key: "sleep_latency",
+            label: "Time to fall asleep",
+            value: "did not fall asleep".to_string(),
+        });
+    }
+    figures.push(Figure {
+        key: "waso_count",
+        label: "Awakenings after sleep onset (WASO)",
+        value: statistics.waso_count.to_string(),
+    });
+    figures.push(Figure {
+        key: "unknown_epochs",
+        label: "Epochs without data",
+        value: format!(
+            "{} ({} of {})",
+            format_percent(statistics.unknown_ratio * 100.0),
+            statistics.unknown_epochs,
+            statistics.epochs
+        ),
+    });
+    if let Some(ratio) = report.and_then(|report| report.missing_data_ratio) {
+        figures.push(Figure {
+            key: "missing_data",
+            label: "Missing data, as Asleep reports it",
+            value: format_percent(ratio * 100.0),
+        });
+    }
+    figures
+}
+
+fn stage_rows(statistics: &SleepStatistics, staging: Staging) -> Vec<StageRow> {
+    staging
+        .lanes()
         .iter()
-        .filter_map(|cycle| Some((cycle.end_time? - cycle.start_time?).num_seconds()))
-        .collect();
-    (!lengths.is_empty()).then(|| lengths.iter().sum::<i64>() as f64 / lengths.len() as f64)
+        .filter_map(|code| {
+            Some(StageRow {
+                name: staging.name(*code)?,
+                label: staging.label(*code)?,
+                time: format_duration(statistics.stage_time(*code)?),
+                share: statistics
+                    .slept()
+                    .then(|| statistics.stage_ratio(*code))
+                    .flatten()
+                    .map(|ratio| format_percent(ratio * 100.0)),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::payload::fixtures::final_report;
     use crate::report::parse_zone;
+    use crate::statistics::{StageModel, UNKNOWN};
 
-    use crate::payload::fixtures::final_report as fixture_report;
+    fn summary(report: &FinalReport, model: StageModel) -> ReportSummary {
+        let statistics = SleepStatistics::from_report(report, model).unwrap();
+        let zone = parse_zone(&report.timezone);
+        let clock = NightClock::new(zone, statistics.start_time, statistics.end_time);
+        ReportSummary::new(
+            Some(&statistics),
+            Some(report),
+            &report.sleep_stages,
+            statistics.staging,
+            Some(clock),
+        )
+    }
 
-    fn figure<'a>(summary: &'a ReportSummary, key: &str) -> &'a Figure {
-        summary
+    fn figure<'a>(summary: &'a ReportSummary, key: &str) -> &'a str {
+        &summary
             .figures
             .iter()
             .find(|figure| figure.key == key)
             .unwrap_or_else(|| panic!("no figure {key} in {:?}", summary.figures))
+            .value
     }
 
     #[test]
-    fn documented_stat_style_summarizes() {
-        let report = fixture_report("session-enveloped.json", "G-20261101-demo-user-0001");
-        let summary = ReportSummary::from_report(&report, parse_zone(&report.timezone));
+    fn documented_night_summarizes() {
+        let report = final_report("session-enveloped.json", "G-20261101-demo-user-0001");
+        let summary = summary(&report, StageModel::Automatic);
         assert_eq!(summary.stat_missing, None);
-
-        assert_eq!(figure(&summary, "total_sleep").value, "6 h 52 min");
-        assert_eq!(figure(&summary, "sleep_efficiency").value, "92%");
-        assert_eq!(figure(&summary, "sleep_efficiency").source, Source::Asleep);
-        assert_eq!(figure(&summary, "fell_asleep_at").value, "00:05");
-        assert_eq!(figure(&summary, "woke_up_at").value, "07:05");
-        assert_eq!(figure(&summary, "sleep_cycle_length").value, "1 h 32 min");
-        assert_eq!(figure(&summary, "sleep_cycle_count").value, "4");
-        assert_eq!(figure(&summary, "waso_count").value, "7");
-        assert_eq!(figure(&summary, "snoring_share").value, "19%");
-        assert!(summary.figures.iter().all(|figure| figure.key != "sleep_time"));
+        assert_eq!(figure(&summary, "total_sleep"), "6 h 52 min");
+        assert_eq!(figure(&summary, "sleep_efficiency"), "92%");
+        assert_eq!(figure(&summary, "fell_asleep_at"), "00:05");
+        assert_eq!(figure(&summary, "woke_up_at"), "07:05");
+        assert_eq!(figure(&summary, "waso_count"), "7");
+        assert_eq!(figure(&summary, "unknown_epochs"), "0% (0 of 900)");
+        assert!(summary.disagreements.is_empty(), "{:?}", summary.disagreements);
 
         assert_eq!(summary.cycles.len(), 4);
-        assert_eq!(summary.cycles[0].start.as_deref(), Some("00:05"));
-        assert_eq!(summary.cycles[0].end.as_deref(), Some("02:24"));
+        assert_eq!(summary.cycles[0].start.text, "00:05");
+        assert_eq!(summary.cycles[0].end.text, "02:24");
+        assert_eq!(summary.waso.len(), 7);
+        assert!(summary.share_bar.is_some());
 
-        let light = summary.stages.iter().find(|row| row.stage == Stage::Light).unwrap();
-        assert_eq!(light.time, Some(("4 h 57 min".to_string(), Source::Asleep)));
-        assert_eq!(light.share, Some(("71%".to_string(), Source::Asleep)));
-
+        let light = summary.stages.iter().find(|row| row.name == "light").unwrap();
+        assert_eq!(light.time, "4 h 57 min");
+        assert_eq!(light.share.as_deref(), Some("71%"));
         assert_eq!(summary.peculiarities[0].code, "NO_BREATHING_STABILITY");
-        assert!(summary.peculiarities[0].explanation.is_some());
+
+        let periods_epochs: usize = summary.periods.len();
+        assert!(periods_epochs > 10);
+        assert_eq!(summary.periods[0].start.text, "23:47");
+        assert_eq!(summary.periods.last().unwrap().end.text, "07:17");
     }
 
     #[test]
-    fn guide_stat_style_summarizes() {
-        let report = fixture_report("session-flat.json", "user123");
-        let summary = ReportSummary::from_report(&report, parse_zone(&report.timezone));
-        assert_eq!(figure(&summary, "sleep_time").value, "4 h 10 min");
-        assert!(summary.figures.iter().all(|figure| figure.key != "fell_asleep_at"));
-        assert_eq!(figure(&summary, "sleep_efficiency").value, "90.3%");
-        assert_eq!(figure(&summary, "sleep_cycle_count").value, "2");
-        assert_eq!(figure(&summary, "sleep_cycle_count").source, Source::Asleep);
-        assert_eq!(figure(&summary, "sleep_cycle_length").value, "1 h 46 min");
-        assert_eq!(summary.cycles.len(), 2);
-        assert_eq!(summary.cycles[0].start.as_deref(), Some("22:15"));
-        assert_eq!(summary.cycles[0].length.as_deref(), Some("1 h 50 min"));
-        // The guide's statistics carry stage times but no ratios.
-        let deep = summary.stages.iter().find(|row| row.stage == Stage::Deep).unwrap();
-        assert_eq!(deep.time, Some(("45 min".to_string(), Source::Asleep)));
-        assert!(matches!(deep.share, Some((_, Source::Hypnogram))));
-        assert!(summary.uses_hypnogram());
-    }
-
-    #[test]
-    fn missing_stat_is_explained_and_computed() {
-        let mut report = fixture_report("session-flat.json", "user123");
+    fn missing_stat_is_explained() {
+        let mut report = final_report("session-flat.json", "user123");
         report.stat = None;
-        report.peculiarities = vec!["TOO_MANY_DEFECTS_IN_SLEEP_STAGES".into(), "SOMETHING_NEW".into()];
-        let summary = ReportSummary::from_report(&report, Tz::UTC);
+        report.peculiarities = vec!["TOO_SHORT_FOR_ANALYSIS".into()];
+        let summary = summary(&report, StageModel::Automatic);
         let reason = summary.stat_missing.as_deref().unwrap();
-        assert!(reason.contains("TOO_MANY_DEFECTS_IN_SLEEP_STAGES"), "{reason}");
-        assert!(!reason.contains("SOMETHING_NEW"), "{reason}");
-        assert_eq!(figure(&summary, "total_sleep").source, Source::Hypnogram);
-        assert_eq!(figure(&summary, "total_sleep").value, "4 h 10 min");
-        assert_eq!(figure(&summary, "sleep_cycle_length").source, Source::Hypnogram);
-        assert_eq!(summary.peculiarities[1].explanation, None);
-
-        report.peculiarities.clear();
-        let summary = ReportSummary::from_report(&report, Tz::UTC);
-        assert_eq!(
-            summary.stat_missing.as_deref(),
-            Some("Asleep sent no statistics for this night.")
-        );
+        assert!(reason.contains("TOO_SHORT_FOR_ANALYSIS"), "{reason}");
+        assert_eq!(figure(&summary, "total_sleep"), "4 h 10 min");
+        assert!(summary.statistics.iter().all(|row| row.asleep.is_none()));
     }
 
     #[test]
-    fn every_documented_peculiarity_is_explained() {
-        for code in [
-            "IN_PROGRESS",
-            "NEVER_SLEPT",
-            "TOO_SHORT_FOR_ANALYSIS",
-            "TOO_LONG_FOR_ANALYSIS",
-            "TOO_MANY_DEFECTS_IN_SLEEP_STAGES",
-            "NO_BREATHING_STABILITY",
-            "NO_REALTIME_POLLING",
-        ] {
-            assert!(explain_peculiarity(code).is_some(), "{code}");
+    fn two_stage_night_has_wake_and_sleep() {
+        let report = final_report("session-enveloped.json", "G-20261101-demo-user-0001");
+        let summary = summary(&report, StageModel::TwoStage);
+        let names: Vec<&str> = summary.stages.iter().map(|row| row.name).collect();
+        assert_eq!(names, ["wake", "sleep"]);
+        assert!(summary.cycles.is_empty());
+        assert!(
+            summary
+                .periods
+                .iter()
+                .all(|row| matches!(row.stage, "Wake" | "Sleep" | "No data"))
+        );
+        assert!(!summary.share_bar.unwrap().as_str().contains("Light"));
+    }
+
+    #[test]
+    fn unknown_share_flags_unreliable_night() {
+        let mut report = final_report("session-flat.json", "user123");
+        for stage in &mut report.sleep_stages[100..200] {
+            *stage = UNKNOWN;
         }
+        let summary = summary(&report, StageModel::Automatic);
+        let unknown = summary.unknown.as_ref().unwrap();
+        assert_eq!((unknown.epochs, unknown.total), (100, 554));
+        assert_eq!(unknown.percent, "18.1%");
+        assert!(!unknown.reliable);
+        assert!(summary.has_unknown());
+        assert!(summary.periods.iter().any(|row| row.stage == "No data"));
     }
 }

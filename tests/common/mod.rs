@@ -593,3 +593,40 @@ pub fn session_body(user_id: &str, session_id: &str, sleep: &[i64], snoring: &[i
         },
     })
 }
+
+/// Returns an enveloped `SESSION_COMPLETE` body for a night that starts at
+/// `start` (RFC 3339) in the IANA zone `timezone` and lasts as long as its
+/// hypnogram, with `stat: null` so every figure is computed by the server.
+pub fn final_report_body(
+    user_id: &str,
+    session_id: &str,
+    timezone: &str,
+    start: &str,
+    sleep: &[i64],
+    snoring: &[i64],
+    peculiarities: &[&str],
+) -> Value {
+    let start_time = chrono::DateTime::parse_from_rfc3339(start)
+        .unwrap_or_else(|error| panic!("{start} is not an RFC 3339 time: {error}"));
+    let end_time = start_time + chrono::Duration::seconds(30 * sleep.len() as i64);
+    json!({
+        "event": "SESSION_COMPLETE",
+        "version": "V3",
+        "data": {
+            "timezone": timezone,
+            "peculiarities": peculiarities,
+            "missing_data_ratio": 0.0,
+            "user_id": user_id,
+            "session": {
+                "id": session_id,
+                "state": "COMPLETE",
+                "start_time": start,
+                "end_time": end_time.to_rfc3339(),
+                "sleep_stages": sleep,
+                "snoring_stages": snoring,
+                "breath_stages": null,
+            },
+            "stat": null,
+        },
+    })
+}
