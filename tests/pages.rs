@@ -10,27 +10,6 @@ use common::{
 use reqwest::StatusCode;
 use serde_json::Value;
 
-/// Returns the body of a GET that must succeed with `200 OK`.
-async fn fetch_ok(server: &TestServer, path_and_query: &str) -> String {
-    let response = server.get(path_and_query).await;
-    let status = response.status();
-    let body = response.text().await.expect("reading the body failed");
-    assert_eq!(status, StatusCode::OK, "GET {path_and_query}: {body}");
-    body
-}
-
-/// Returns the JSON document of a session from the API.
-async fn api_document(server: &TestServer, user_id: &str, session_id: &str) -> Value {
-    let path = format!(
-        "/api/users/{}/sessions/{}?token={}",
-        path_segment(user_id),
-        path_segment(session_id),
-        viewer_token(user_id)
-    );
-    let body = fetch_ok(server, &path).await;
-    serde_json::from_str(&body).unwrap_or_else(|error| panic!("GET {path} is not JSON ({error}): {body}"))
-}
-
 /// Returns the text of the `<dd>` of the report figure named `key`.
 fn figure_value<'a>(html: &'a str, key: &str) -> &'a str {
     let marker = format!(r#"data-figure="{key}""#);
@@ -106,7 +85,7 @@ async fn report_page_shows_each_night() {
         night.replay(&server).await;
         let token = viewer_token(night.user_id());
 
-        let html = fetch_ok(&server, &format!("{}?token={token}", night.report_path())).await;
+        let html = server.get_ok(&format!("{}?token={token}", night.report_path())).await;
         assert_report_shows_night(&html, &night);
         server.stop().await;
     }
@@ -119,7 +98,7 @@ async fn api_serves_night_stages() {
         let server = TestServer::start().await;
         night.replay(&server).await;
 
-        let document = api_document(&server, night.user_id(), night.session_id()).await;
+        let document = server.api_document(night.user_id(), night.session_id()).await;
         assert_eq!(document["user_id"], night.user_id(), "{name}");
         assert_eq!(document["session_id"], night.session_id(), "{name}");
         assert_eq!(document["complete"], true, "{name}");
@@ -154,11 +133,9 @@ async fn history_links_each_session() {
     let server = TestServer::start().await;
     let token = viewer_token(night.user_id());
 
-    let empty = fetch_ok(
-        &server,
-        &format!("/users/{}?token={token}", path_segment(night.user_id())),
-    )
-    .await;
+    let empty = server
+        .get_ok(&format!("/users/{}?token={token}", path_segment(night.user_id())))
+        .await;
     assert!(
         empty.contains(r#"id="no-nights""#),
         "a user without nights gets a friendly page"
@@ -172,11 +149,9 @@ async fn history_links_each_session() {
         StatusCode::OK
     );
 
-    let html = fetch_ok(
-        &server,
-        &format!("/users/{}?token={token}", path_segment(night.user_id())),
-    )
-    .await;
+    let html = server
+        .get_ok(&format!("/users/{}?token={token}", path_segment(night.user_id())))
+        .await;
     let report_link = format!(r#"href="{}?token={token}""#, night.report_path());
     assert!(html.contains(&report_link), "history should link {report_link}");
     assert!(html.contains(&format!(
@@ -190,7 +165,7 @@ async fn history_links_each_session() {
     );
 
     // The linked report opens with the same token.
-    let report = fetch_ok(&server, &format!("{}?token={token}", night.report_path())).await;
+    let report = server.get_ok(&format!("{}?token={token}", night.report_path())).await;
     assert_report_shows_night(&report, &night);
     server.stop().await;
 }
@@ -213,21 +188,23 @@ async fn partial_night_report_is_in_progress() {
     }
     let epochs = partials.last().unwrap().seq_num().unwrap() as usize + 1;
 
-    let document = api_document(&server, night.user_id(), night.session_id()).await;
+    let document = server.api_document(night.user_id(), night.session_id()).await;
     assert_eq!(document["complete"], false);
     assert_eq!(document["start_time_estimated"], true);
     assert_eq!(stages(&document, "sleep_stages"), night.sleep_stages()[..epochs]);
     assert_eq!(stages(&document, "snoring_stages"), night.snoring_stages()[..epochs]);
 
     let token = viewer_token(night.user_id());
-    let html = fetch_ok(&server, &format!("{}?token={token}", night.report_path())).await;
+    let html = server.get_ok(&format!("{}?token={token}", night.report_path())).await;
     assert!(html.contains(r#"id="in-progress""#));
     assert!(html.contains(r#"data-complete="false""#));
     assert!(html.contains(r#"<svg id="hypnogram""#));
 
     // 150 epochs of 30 s: the history shows the night's length so far.
     assert_eq!(epochs, 150);
-    let history = fetch_ok(&server, &format!("/users/{}?token={token}", night.user_id())).await;
+    let history = server
+        .get_ok(&format!("/users/{}?token={token}", night.user_id()))
+        .await;
     assert!(history.contains("1 h 15 min so far"), "{history}");
     server.stop().await;
 }
@@ -315,7 +292,7 @@ async fn pages_require_valid_token() {
     assert!(rejection.error().contains("expired"), "{}", rejection.error());
 
     // A valid token for the right user works, and an unknown session is 404.
-    let document = api_document(&server, bob, bob_session).await;
+    let document = server.api_document(bob, bob_session).await;
     assert_eq!(stages(&document, "sleep_stages"), vec![0, 1, 2, 3]);
     let missing = server
         .get(&format!(
@@ -337,13 +314,15 @@ async fn ids_with_reserved_characters_round_trip() {
     let body = session_body(user, session, &[0, 1, 1, 2], &[0, 0, 1, 1]);
     assert_eq!(server.deliver(user, &body.to_string()).await.status, StatusCode::OK);
 
-    let document = api_document(&server, user, session).await;
+    let document = server.api_document(user, session).await;
     assert_eq!(document["user_id"], user);
     assert_eq!(document["session_id"], session);
     assert_eq!(stages(&document, "sleep_stages"), vec![0, 1, 1, 2]);
 
     let token = viewer_token(user);
-    let history = fetch_ok(&server, &format!("/users/{}?token={token}", path_segment(user))).await;
+    let history = server
+        .get_ok(&format!("/users/{}?token={token}", path_segment(user)))
+        .await;
     let link = format!(
         "/users/{}/sessions/{}?token={token}",
         path_segment(user),
@@ -365,7 +344,7 @@ async fn repeated_delivery_keeps_first_in_api() {
     let repeat = server.deliver(user, &changed.to_string()).await;
     assert_eq!(repeat.status, StatusCode::OK);
     assert_eq!(repeat.body["status"], "duplicate");
-    let document = api_document(&server, user, session).await;
+    let document = server.api_document(user, session).await;
     assert_eq!(stages(&document, "sleep_stages"), vec![0, 1, 2, 3]);
     assert_eq!(stages(&document, "snoring_stages"), vec![0, 0, 1, 1]);
 
@@ -375,7 +354,7 @@ async fn repeated_delivery_keeps_first_in_api() {
     let repeat = server.deliver(user, &changed_report.to_string()).await;
     assert_eq!(repeat.status, StatusCode::OK);
     assert_eq!(repeat.body["status"], "duplicate");
-    let document = api_document(&server, user, session).await;
+    let document = server.api_document(user, session).await;
     assert_eq!(document["complete"], true);
     assert_eq!(stages(&document, "sleep_stages"), vec![0, 1, 1, 1, 2]);
     assert_eq!(stages(&document, "snoring_stages"), vec![0, 0, 0, 0, 0]);
@@ -388,26 +367,24 @@ async fn restart_serves_stored_night() {
     let server = TestServer::start().await;
     night.replay(&server).await;
     let token = viewer_token(night.user_id());
-    let report_before = fetch_ok(&server, &format!("{}?token={token}", night.report_path())).await;
-    let document_before = api_document(&server, night.user_id(), night.session_id()).await;
+    let report_before = server.get_ok(&format!("{}?token={token}", night.report_path())).await;
+    let document_before = server.api_document(night.user_id(), night.session_id()).await;
 
     let server = server.restart().await;
 
-    let report_after = fetch_ok(&server, &format!("{}?token={token}", night.report_path())).await;
+    let report_after = server.get_ok(&format!("{}?token={token}", night.report_path())).await;
     assert_report_shows_night(&report_after, &night);
     assert_eq!(
         report_after, report_before,
         "the report page is the same after the restart"
     );
-    let document_after = api_document(&server, night.user_id(), night.session_id()).await;
+    let document_after = server.api_document(night.user_id(), night.session_id()).await;
     assert_eq!(document_after, document_before);
     assert_eq!(stages(&document_after, "sleep_stages"), night.sleep_stages());
 
-    let history = fetch_ok(
-        &server,
-        &format!("/users/{}?token={token}", path_segment(night.user_id())),
-    )
-    .await;
+    let history = server
+        .get_ok(&format!("/users/{}?token={token}", path_segment(night.user_id())))
+        .await;
     assert!(history.contains(&format!(r#"href="{}?token={token}""#, night.report_path())));
     server.stop().await;
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{TestServer, path_segment, viewer_token};
+use common::TestServer;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sleep_dashboard::statistics::StageModel;
@@ -59,34 +59,6 @@ async fn deliver(server: &TestServer, user_id: &str, body: &Value) {
     let answer = server.deliver(user_id, &body.to_string()).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     assert_eq!(answer.body["status"], "accepted");
-}
-
-/// Returns the report page of a session, which must return `200 OK`.
-async fn report_page(server: &TestServer, user_id: &str, session_id: &str) -> String {
-    let path = format!(
-        "/users/{}/sessions/{}?token={}",
-        path_segment(user_id),
-        path_segment(session_id),
-        viewer_token(user_id)
-    );
-    let response = server.get(&path).await;
-    let status = response.status();
-    let body = response.text().await.unwrap();
-    assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
-    body
-}
-
-/// Returns the JSON document of a session, which must return `200 OK`.
-async fn document(server: &TestServer, user_id: &str, session_id: &str) -> Value {
-    let path = format!(
-        "/api/users/{}/sessions/{}?token={}",
-        path_segment(user_id),
-        path_segment(session_id),
-        viewer_token(user_id)
-    );
-    let response = server.get(&path).await;
-    assert_eq!(response.status(), StatusCode::OK, "GET {path}");
-    response.json().await.unwrap()
 }
 
 /// Returns the labels of the hypnogram's time axis, left to right.
@@ -159,7 +131,7 @@ async fn dst_night_in_new_york() {
     );
     deliver(&server, user, &body).await;
 
-    let html = report_page(&server, user, "dst-night").await;
+    let html = server.report_page(user, "dst-night").await;
     assert_eq!(
         tick_labels(&html),
         [
@@ -191,7 +163,7 @@ async fn dst_night_in_new_york() {
     assert_eq!(periods.first(), Some(&("2026-10-31T22:00:00-04:00", "22:00 EDT")));
     assert_eq!(periods.last(), Some(&("2026-11-01T06:00:00-05:00", "06:00 EST")));
 
-    let document = document(&server, user, "dst-night").await;
+    let document = server.api_document(user, "dst-night").await;
     let statistics = &document["statistics"];
     assert_eq!(statistics["time_in_bed"], 32400);
     assert!(statistics["time_in_bed"].is_i64());
@@ -227,7 +199,7 @@ async fn seoul_night_crosses_midnight() {
     );
     deliver(&server, user, &body).await;
 
-    let html = report_page(&server, user, "seoul-night").await;
+    let html = server.report_page(user, "seoul-night").await;
     assert_eq!(
         tick_labels(&html),
         ["00:00", "01:00", "02:00", "03:00", "04:00", "05:00", "06:00", "07:00"]
@@ -245,7 +217,7 @@ async fn seoul_night_crosses_midnight() {
     );
     assert!(cycles[1].0.starts_with("2026-11-21T01:"), "{cycles:?}");
 
-    let document = document(&server, user, "seoul-night").await;
+    let document = server.api_document(user, "seoul-night").await;
     assert_eq!(document["statistics"]["time_in_bed"], 8 * 3600);
     assert_eq!(document["statistics"]["sleep_time"], "2026-11-20T23:40:00+09:00");
     server.stop().await;
@@ -264,7 +236,7 @@ async fn unknown_epochs_mark_unreliable_night() {
     let body = final_body("few-gaps", "UTC", "2026-03-02T22:00:00Z", &few_gaps, Value::Null);
     deliver(&server, user, &body).await;
 
-    let html = report_page(&server, user, "gappy-night").await;
+    let html = server.report_page(user, "gappy-night").await;
     assert_eq!(figure_value(&html, "unknown_epochs"), "15% (60 of 400)");
     let notice = &html[html.find(r#"<p id="unreliable""#).expect("an unreliable notice")..];
     let notice = &notice[..notice.find("</p>").unwrap()];
@@ -278,12 +250,12 @@ async fn unknown_epochs_mark_unreliable_night() {
     assert!(html.contains(r#"class="gap" data-start="100" data-epochs="60""#));
     assert!(html.contains("<td>No data</td>"), "the periods table lists the gap");
 
-    let document = document(&server, user, "gappy-night").await;
+    let document = server.api_document(user, "gappy-night").await;
     assert_eq!(document["statistics"]["unknown_epochs"], 60);
     assert_eq!(document["statistics"]["reliable"], false);
     assert_eq!(document["statistics"]["unknown_ratio"], 0.15);
 
-    let html = report_page(&server, user, "few-gaps").await;
+    let html = server.report_page(user, "few-gaps").await;
     assert_eq!(figure_value(&html, "unknown_epochs"), "5% (20 of 400)");
     assert!(!html.contains(r#"id="unreliable""#), "5% without data is reliable");
     server.stop().await;
@@ -292,7 +264,7 @@ async fn unknown_epochs_mark_unreliable_night() {
 /// Checks that a two-stage night's page and document leave out every
 /// figure of light, deep and REM sleep.
 async fn assert_two_stage(server: &TestServer, user: &str, session: &str) {
-    let html = report_page(server, user, session).await;
+    let html = server.report_page(user, session).await;
     for word in ["Light", "Deep", "REM", "light_ratio", "sleep_cycle_count"] {
         assert!(!html.contains(word), "{session}: a two-stage page contains {word}");
     }
@@ -316,7 +288,7 @@ async fn assert_two_stage(server: &TestServer, user: &str, session: &str) {
     assert!(!html.contains(r#"id="cycles-section""#), "{session}: no sleep cycles");
     assert!(html.contains("Sleep 9"), "{session}: the share bar names sleep");
 
-    let document = document(server, user, session).await;
+    let document = server.api_document(user, session).await;
     assert_eq!(document["staging"], "two_stage", "{session}");
     let statistics = &document["statistics"];
     assert_eq!(statistics["staging"], "two_stage", "{session}");
@@ -377,7 +349,7 @@ async fn automatic_model_reads_wake_sleep_night() {
         Value::Null,
     );
     deliver(&server, user, &body).await;
-    let document = document(&server, user, "auto-four-stage").await;
+    let document = server.api_document(user, "auto-four-stage").await;
     assert_eq!(document["staging"], "four_stage");
     assert!(document["statistics"]["time_in_rem"].is_i64());
     server.stop().await;
@@ -396,7 +368,7 @@ async fn altered_stat_is_marked() {
     deliver(&server, user, &body).await;
     let session = body["data"]["session"]["id"].as_str().unwrap();
 
-    let html = report_page(&server, user, session).await;
+    let html = server.report_page(user, session).await;
     let notice = &html[html.find(r#"<p id="disagreements""#).expect("a disagreement notice")..];
     let notice = &notice[..notice.find("</p>").unwrap()];
     for label in ["Awakenings after sleep onset (WASO)", "Sleep efficiency", "REM sleep"] {
@@ -421,7 +393,7 @@ async fn altered_stat_is_marked() {
     assert!(!light.contains("disagree"), "0.01 is within rounding: {light}");
     assert!(light.contains(">agrees<"), "{light}");
 
-    let document = document(&server, user, session).await;
+    let document = server.api_document(user, session).await;
     assert_eq!(document["stat"]["waso_count"], 10);
     assert_eq!(document["statistics"]["waso_count"], 7);
     server.stop().await;
@@ -435,7 +407,7 @@ async fn json_uses_asleep_units() {
     deliver(&server, user, &fixture("session-enveloped.json")).await;
 
     // The guides' style: efficiency as a percentage, sleep_time a duration.
-    let guide = document(&server, "user123", "session123").await;
+    let guide = server.api_document("user123", "session123").await;
     let stat = &guide["stat"];
     assert_eq!(stat["sleep_efficiency"], 0.9025);
     assert!(stat["waso_count"].is_u64(), "{}", stat["waso_count"]);
@@ -449,7 +421,7 @@ async fn json_uses_asleep_units() {
     assert_eq!(guide["statistics"]["sleep_efficiency"], 0.9);
 
     // Asleep's documented style: a fraction and a clock time.
-    let documented = document(&server, user, "20261120872578_72109").await;
+    let documented = server.api_document(user, "20261120872578_72109").await;
     let stat = &documented["stat"];
     assert_eq!(stat["sleep_efficiency"], 0.92);
     assert_eq!(stat["sleep_time"], "2026-11-21T00:05:07+09:00");
@@ -484,7 +456,9 @@ async fn charts_have_text_alternatives() {
     let user = "G-20261101-demo-user-0001";
     let body = fixture("session-enveloped.json");
     deliver(&server, user, &body).await;
-    let html = report_page(&server, user, body["data"]["session"]["id"].as_str().unwrap()).await;
+    let html = server
+        .report_page(user, body["data"]["session"]["id"].as_str().unwrap())
+        .await;
 
     for chart in ["hypnogram", "stage-share"] {
         let svg = &html[html

@@ -120,6 +120,37 @@ impl TestServer {
             .unwrap_or_else(|error| panic!("GET {path_and_query} failed: {error}"))
     }
 
+    /// Returns the body of a GET that must succeed with `200 OK`.
+    pub async fn get_ok(&self, path_and_query: &str) -> String {
+        let response = self.get(path_and_query).await;
+        let status = response.status();
+        let body = response.text().await.expect("reading the body failed");
+        assert_eq!(status, StatusCode::OK, "GET {path_and_query}: {body}");
+        body
+    }
+
+    /// Returns the report page of a session with a valid viewer token.
+    pub async fn report_page(&self, user_id: &str, session_id: &str) -> String {
+        let path = format!(
+            "{}?token={}",
+            sleep_dashboard::report::report_path(user_id, session_id),
+            viewer_token(user_id)
+        );
+        self.get_ok(&path).await
+    }
+
+    /// Returns the JSON document of a session from the API with a valid
+    /// viewer token.
+    pub async fn api_document(&self, user_id: &str, session_id: &str) -> Value {
+        let path = format!(
+            "{}?token={}",
+            sleep_dashboard::report::api_session_path(user_id, session_id),
+            viewer_token(user_id)
+        );
+        let body = self.get_ok(&path).await;
+        serde_json::from_str(&body).unwrap_or_else(|error| panic!("GET {path} is not JSON ({error}): {body}"))
+    }
+
     /// Returns the number of rows in the event log.
     pub async fn event_count(&self) -> i64 {
         self.server
