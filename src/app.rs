@@ -18,6 +18,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::{TokenError, ViewerKeys};
 use crate::error::AppError;
+use crate::metrics::Metrics;
 use crate::pages::PageError;
 use crate::rooms::Rooms;
 use crate::statistics::StageModel;
@@ -54,6 +55,7 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     pub heartbeat: Heartbeat,
     pub stage_model: StageModel,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -109,6 +111,7 @@ impl RunningServer {
             shutdown: CancellationToken::new(),
             heartbeat: config.heartbeat,
             stage_model: config.stage_model,
+            metrics: Arc::new(Metrics::new()),
         };
         let addr = listener.local_addr().map_err(sqlx::Error::Io)?;
         let app = router(state.clone(), config.static_dir);

@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod hypnogram;
+pub mod metrics;
 pub mod pages;
 pub mod payload;
 pub mod protocol;
