@@ -94,11 +94,11 @@ pub enum Staging {
 
 impl Staging {
     /// Returns the name readers see for a stage code, such as `Light`, or
-    /// `Sleep` for code 1 in a two-stage night, or `None` for no data.
+    /// `Sleep` for any sleep code in a two-stage night, or `None` for no data.
     pub fn label(self, code: i8) -> Option<&'static str> {
         Some(match (self, code) {
             (_, WAKE) => "Wake",
-            (Staging::TwoStage, LIGHT) => "Sleep",
+            (Staging::TwoStage, LIGHT | DEEP | REM) => "Sleep",
             (Staging::FourStage, LIGHT) => "Light",
             (Staging::FourStage, DEEP) => "Deep",
             (Staging::FourStage, REM) => "REM",
@@ -107,12 +107,12 @@ impl Staging {
     }
 
     /// Returns the stage's name in ids, CSS classes, JSON and CSV, such as
-    /// `light`, or `sleep` for code 1 in a two-stage night, or `None` for
-    /// no data.
+    /// `light`, or `sleep` for any sleep code in a two-stage night, or `None`
+    /// for no data.
     pub fn name(self, code: i8) -> Option<&'static str> {
         Some(match (self, code) {
             (_, WAKE) => "wake",
-            (Staging::TwoStage, LIGHT) => "sleep",
+            (Staging::TwoStage, LIGHT | DEEP | REM) => "sleep",
             (Staging::FourStage, LIGHT) => "light",
             (Staging::FourStage, DEEP) => "deep",
             (Staging::FourStage, REM) => "rem",
@@ -689,6 +689,9 @@ mod tests {
         assert_eq!(statistics.stage_time(LIGHT), Some(150));
         assert_eq!(statistics.stage_ratio(LIGHT), Some(statistics.sleep_ratio));
         assert_eq!(Staging::TwoStage.label(LIGHT), Some("Sleep"));
+        // A deployment set to two stages reads stray deep or REM codes as sleep.
+        assert_eq!(Staging::TwoStage.name(REM), Some("sleep"));
+        assert_eq!(Staging::TwoStage.name(UNKNOWN), None);
         assert_eq!(StageModel::Automatic.staging(&stages), Staging::TwoStage);
         assert_eq!(StageModel::Automatic.staging(&[0, 1, 3]), Staging::FourStage);
         assert_eq!(StageModel::TwoStage.staging(&[0, 1, 3]), Staging::TwoStage);

@@ -346,10 +346,18 @@ async fn two_stage_model_has_no_stage_shares() {
     let server = server_with_nights(StageModel::TwoStage).await;
     let html = history(&server, "").await;
 
-    let deep = element(&html, "trend-30-deep-share", "</figure>");
-    assert_eq!(deep.matches(r#"<rect class="bar"#).count(), 0);
-    assert!(deep.contains("4 two-stage nights are left out"), "{deep}");
+    assert!(!html.contains(r#"id="trend-30-deep-share""#), "no empty deep-share chart");
+    assert!(!html.contains(r#"id="trend-7-rem-share""#), "no empty REM-share chart");
+    assert!(html.contains(r#"id="trend-30-total-sleep""#));
+    let window = element(&html, "trends-30", "</section>");
+    assert!(window.contains("Deep and REM shares are left out"), "{window}");
     assert_eq!(average(&html, "time_in_deep"), ("no data".into(), "0".into()));
+    let summary = element(&html, "period-summary", "</p>");
+    assert!(summary.contains("Every night here is two-stage"), "{summary}");
+
+    let empty = history(&server, "&from=2025-01-01&to=2025-01-31").await;
+    let notice = element(&empty, "no-averages", "</p>");
+    assert!(notice.contains("No night falls in this period."), "{notice}");
     assert_eq!(average(&html, "time_in_sleep").1, "4");
     server.stop().await;
 }

@@ -33,7 +33,7 @@ use crate::app::AppState;
 use crate::error::AppError;
 use crate::payload::{EPOCH_SECONDS, FinalReport};
 use crate::report::{history_path, report_path};
-use crate::statistics::{SleepStatistics, Staging};
+use crate::statistics::{REM, SleepStatistics, Staging, UNKNOWN};
 use crate::trends::{Night, nights};
 
 /// The media type of the CSV downloads, with the header row announced as
@@ -337,16 +337,14 @@ struct NightExport<'a> {
 
 impl<'a> NightExport<'a> {
     fn new(report: &'a FinalReport, night: &'a Night, staging: Staging) -> Self {
-        let mut stage_names: Vec<StageName> = staging
-            .lanes()
-            .iter()
-            .filter_map(|code| staging.name(*code).map(|name| StageName { code: *code, name }))
+        // Every code a delivery may hold, so a two-stage reading of a night
+        // with deep or REM codes still names them.
+        let stage_names = (UNKNOWN..=REM)
+            .map(|code| StageName {
+                code,
+                name: staging.name(code).unwrap_or("unknown"),
+            })
             .collect();
-        stage_names.push(StageName {
-            code: -1,
-            name: "unknown",
-        });
-        stage_names.sort_by_key(|stage| stage.code);
         Self {
             user_id: &report.user_id,
             session_id: &report.session_id,

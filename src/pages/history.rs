@@ -119,6 +119,9 @@ fn rows(user_id: &str, entries: &[SessionEntry], token: &str) -> Vec<NightRow> {
 struct ChartWindow {
     days: u32,
     charts: Vec<TrendChart>,
+    /// Whether the stage-share charts are left out because every night in
+    /// the window is two-stage.
+    two_stage_only: bool,
 }
 
 #[derive(Template)]
@@ -220,12 +223,16 @@ fn render(
 fn chart_windows(nights: &[Night], last: NaiveDate) -> Vec<ChartWindow> {
     CHART_WINDOWS
         .iter()
-        .map(|days| ChartWindow {
-            days: *days,
-            charts: Metric::ALL
+        .map(|days| {
+            let (charts, left_out): (Vec<TrendChart>, Vec<TrendChart>) = Metric::ALL
                 .iter()
                 .map(|metric| TrendChart::build(*metric, nights, last, *days))
-                .collect(),
+                .partition(|chart| !chart.bars.is_empty() || chart.two_stage_nights == 0);
+            ChartWindow {
+                days: *days,
+                charts,
+                two_stage_only: !left_out.is_empty(),
+            }
         })
         .collect()
 }
