@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::app::Limits;
 use crate::statistics::StageModel;
 use crate::storage::Durability;
 
@@ -75,6 +76,100 @@ pub struct ServeArgs {
     /// without any deep or REM epoch as two-stage.
     #[arg(long, env = "SLEEP_DASHBOARD_STAGE_MODEL", value_enum, default_value = "auto")]
     pub stage_model: StageModel,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// The `serve` flags behind [`Limits`]; their defaults are [`Limits::default`].
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Largest request body, in bytes or with a KiB or MiB suffix; a larger
+    /// one is rejected with 413.
+    #[arg(long = "max-body-size", env = "SLEEP_DASHBOARD_MAX_BODY_SIZE", default_value = "1MiB", value_parser = parse_size)]
+    pub max_body_bytes: usize,
+
+    /// Largest request line plus headers, in bytes or with a KiB suffix,
+    /// from 1KiB to 256KiB; a larger head is rejected with 431.
+    #[arg(long = "max-header-size", env = "SLEEP_DASHBOARD_MAX_HEADER_SIZE", default_value = "16KiB", value_parser = parse_size)]
+    pub max_header_bytes: usize,
+
+    /// Time a client has to send a request's headers, and then its body,
+    /// such as `15s`; a stalled head closes the connection, a stalled
+    /// webhook body is rejected with 408.
+    #[arg(long, env = "SLEEP_DASHBOARD_REQUEST_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Time a keep-alive HTTP connection may wait for its next request
+    /// before it is closed.
+    #[arg(long, env = "SLEEP_DASHBOARD_IDLE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Live viewer WebSockets one user may have open; a further one is
+    /// refused with 503 and Retry-After.
+    #[arg(
+        long = "ws-max-per-user",
+        env = "SLEEP_DASHBOARD_WS_MAX_PER_USER",
+        default_value_t = 16
+    )]
+    pub ws_per_user: usize,
+
+    /// Live viewer WebSockets the server keeps open in total; a further one
+    /// is refused with 503 and Retry-After.
+    #[arg(long = "ws-max-total", env = "SLEEP_DASHBOARD_WS_MAX_TOTAL", default_value_t = 512)]
+    pub ws_total: usize,
+
+    /// Time one message to a viewer may take to send; a viewer that reads
+    /// nothing for this long is closed as slow.
+    #[arg(long, env = "SLEEP_DASHBOARD_WS_SEND_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub ws_send_timeout: Duration,
+
+    /// Time a shutdown on SIGTERM or Ctrl-C waits for in-flight requests
+    /// before it cuts them off and exits.
+    #[arg(long, env = "SLEEP_DASHBOARD_SHUTDOWN_GRACE", default_value = "8s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl LimitArgs {
+    /// Returns the limits, or an error naming the flag with an unusable value.
+    pub fn limits(&self) -> Result<Limits, String> {
+        let limits = Limits {
+            max_body_bytes: self.max_body_bytes,
+            max_header_bytes: self.max_header_bytes,
+            request_timeout: self.request_timeout,
+            idle_timeout: self.idle_timeout,
+            ws_per_user: self.ws_per_user,
+            ws_total: self.ws_total,
+            ws_send_timeout: self.ws_send_timeout,
+            shutdown_grace: self.shutdown_grace,
+        };
+        limits.validate()?;
+        Ok(limits)
+    }
+}
+
+/// Parses a size in bytes: a whole number, optionally followed by `B`,
+/// `KiB` or `MiB`.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits_end);
+    let multiplier: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1024,
+        "MiB" => 1024 * 1024,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?}: give bytes, or a number with KiB or MiB"
+            ));
+        }
+    };
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size: give bytes, or a number with KiB or MiB"))?;
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 #[derive(Debug, Args)]
@@ -156,4 +251,44 @@ pub fn require<'a>(variable: &str, flag: &str, value: Option<&'a str>) -> Result
 /// Returns the `static/` folder of the source tree this binary was built from.
 pub fn default_static_dir() -> &'static str {
     concat!(env!("CARGO_MANIFEST_DIR"), "/static")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_flag_defaults_match_limits() {
+        let cli = Cli::try_parse_from(["sleep-dashboard", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("expected the serve command");
+        };
+        assert_eq!(args.limits.limits().unwrap(), Limits::default());
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("512B"), Ok(512));
+        assert_eq!(parse_size("16KiB"), Ok(16 * 1024));
+        assert_eq!(parse_size("2 MiB"), Ok(2 * 1024 * 1024));
+        assert!(parse_size("1MB").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("KiB").unwrap_err().contains("not a size"));
+        assert!(parse_size("99999999999999999999").is_err());
+    }
+
+    #[test]
+    fn unusable_limits_name_their_flag() {
+        let cli = Cli::try_parse_from(["sleep-dashboard", "serve", "--max-header-size", "100"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("expected the serve command");
+        };
+        assert!(args.limits.limits().unwrap_err().contains("--max-header-size"));
+
+        let cli = Cli::try_parse_from(["sleep-dashboard", "serve", "--shutdown-grace", "0s"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("expected the serve command");
+        };
+        assert!(args.limits.limits().unwrap_err().contains("--shutdown-grace"));
+    }
 }

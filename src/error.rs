@@ -69,7 +69,10 @@ impl IntoResponse for AppError {
             AppError::BadQuery(_) => (StatusCode::BAD_REQUEST, None),
             AppError::NotFound(_) => (StatusCode::NOT_FOUND, None),
             AppError::Unavailable(cause) => {
-                tracing::error!(error = %cause, "database unavailable");
+                // Rate-limited: a database outage fails every request at once.
+                if let Some(suppressed) = crate::warnings::admit("database unavailable", &cause.to_string()) {
+                    tracing::error!(error = %cause, suppressed, "database unavailable");
+                }
                 (StatusCode::SERVICE_UNAVAILABLE, None)
             }
             AppError::Internal(cause) => {

@@ -1,3 +1,4 @@
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -18,6 +19,8 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in log files.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     let cli = Cli::parse();
@@ -48,6 +51,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     if args.ws_ping_interval.is_zero() || args.ws_dead_after <= args.ws_ping_interval {
         return Err("--ws-dead-after must be longer than --ws-ping-interval, and both above zero".to_string());
     }
+    let limits = args.limits.limits()?;
     if !args.static_dir.join("live.js").is_file() {
         return Err(format!(
             "static assets not found in {}: pass --static-dir with the static/ folder of this repository",
@@ -65,6 +69,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             dead_after: args.ws_dead_after,
         },
         stage_model: args.stage_model,
+        limits,
     };
 
     let listener = TcpListener::bind(args.listen)
@@ -81,7 +86,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
 
     tokio::select! {
         () = shutdown_signal() => {
-            tracing::info!("shutting down");
+            tracing::info!(
+                grace_seconds = limits.shutdown_grace.as_secs_f64(),
+                "shutting down: finishing in-flight requests and closing viewer sockets"
+            );
             server.shutdown().await;
             Ok(())
         }

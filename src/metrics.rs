@@ -30,7 +30,7 @@ pub enum Outcome {
     Ignored,
     /// Rejected for a bad key, header or body (4xx).
     Rejected,
-    /// The database could not take it (503).
+    /// The database could not take it (503), or storing it failed (500).
     Unavailable,
 }
 

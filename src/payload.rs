@@ -38,11 +38,20 @@ pub struct PayloadError {
     pub problem: String,
 }
 
+/// Longest problem text kept. Problems quote the rejected value, which can
+/// be as long as the body, and they are both answered and logged.
+const MAX_PROBLEM_CHARS: usize = 300;
+
 impl PayloadError {
     pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        let mut problem = problem.into();
+        if let Some((cut, _)) = problem.char_indices().nth(MAX_PROBLEM_CHARS) {
+            problem.truncate(cut);
+            problem.push('…');
+        }
         Self {
             field: field.into(),
-            problem: problem.into(),
+            problem,
         }
     }
 }
@@ -322,9 +331,18 @@ struct Fields<'a> {
     prefix: String,
 }
 
-impl Fields<'_> {
+impl<'a> Fields<'a> {
     fn path(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
+    }
+
+    /// Returns a field of `data`, or of the top level when `data` lacks
+    /// it, with the path it was found at.
+    fn data_or_top(&self, name: &str) -> (Option<&'a Value>, String) {
+        match self.data.get(name) {
+            Some(value) => (Some(value), self.path(name)),
+            None => (self.top.get(name), name.to_string()),
+        }
     }
 
     /// Reads an optional id from `data`, falling back to the top level.
@@ -465,10 +483,14 @@ fn parse_session_complete(
     }
     let (snoring_stages, breath_stages) = side_arrays(&session_fields, sleep_stages.len())?;
 
-    let start_time = optional_time(session, "start_time", &session_fields.prefix)?
+    // Session times without an offset are read in the session's own zone.
+    let timezone = read_timezone(fields, &session_fields)?;
+    let zone: chrono_tz::Tz = timezone.parse().unwrap_or(chrono_tz::Tz::UTC);
+    let session_time = |name: &str| optional_local_time(session, name, &session_fields.prefix, zone);
+    let start_time = session_time("start_time")?
         .ok_or_else(|| PayloadError::new(session_fields.path("start_time"), "is missing"))?;
-    let end_time = optional_time(session, "end_time", &session_fields.prefix)?;
-    let unexpected_end_time = optional_time(session, "unexpected_end_time", &session_fields.prefix)?;
+    let end_time = session_time("end_time")?;
+    let unexpected_end_time = session_time("unexpected_end_time")?;
     if let Some(end) = end_time {
         let seconds = (end - start_time).num_seconds();
         if seconds < 0 {
@@ -483,24 +505,36 @@ fn parse_session_complete(
                 format!("{end} is more than 48 hours after start_time {start_time}"),
             ));
         }
+        // The last epoch may be cut short by the end of the recording, but
+        // every other epoch lies inside the session.
+        let covered = (sleep_stages.len() as i64 - 1).max(0) * EPOCH_SECONDS;
+        if seconds < covered {
+            return Err(PayloadError::new(
+                session_fields.path("end_time"),
+                format!(
+                    "{end} is {seconds} s after start_time {start_time}, but sleep_stages holds {} epochs of \
+                     {EPOCH_SECONDS} s, which need at least {covered} s",
+                    sleep_stages.len()
+                ),
+            ));
+        }
     }
-
-    let timezone = read_timezone(fields, &session_fields)?;
     let state = optional_string(session, "state", &session_fields.prefix)?;
-    let peculiarities = match data.get("peculiarities").or_else(|| fields.top.get("peculiarities")) {
+    let (peculiarities, peculiarities_path) = fields.data_or_top("peculiarities");
+    let peculiarities = match peculiarities {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(items)) => items
             .iter()
             .enumerate()
             .map(|(index, item)| {
-                item.as_str().map(str::to_string).ok_or_else(|| {
-                    PayloadError::new(fields.path(&format!("peculiarities[{index}]")), "must be a string")
-                })
+                item.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| PayloadError::new(format!("{peculiarities_path}[{index}]"), "must be a string"))
             })
             .collect::<Result<_, _>>()?,
         Some(other) => {
             return Err(PayloadError::new(
-                fields.path("peculiarities"),
+                peculiarities_path,
                 format!("must be a list of strings, got {}", kind_of(other)),
             ));
         }
@@ -512,12 +546,13 @@ fn parse_session_complete(
             format!("must be between 0 and 1, got {ratio}"),
         ));
     }
-    let stat = match data.get("stat").or_else(|| fields.top.get("stat")) {
+    let (stat, stat_path) = fields.data_or_top("stat");
+    let stat = match stat {
         None | Some(Value::Null) => None,
-        Some(Value::Object(stat)) => Some(read_stat(stat, &fields.path("stat."))?),
+        Some(Value::Object(stat)) => Some(read_stat(stat, &format!("{stat_path}."))?),
         Some(other) => {
             return Err(PayloadError::new(
-                fields.path("stat"),
+                stat_path,
                 format!("must be an object or null, got {}", kind_of(other)),
             ));
         }
@@ -727,6 +762,34 @@ fn optional_time(
     })
 }
 
+/// Reads an optional ISO 8601 time; one without an offset is read as a
+/// clock time in `zone` (the earlier reading when the clock repeats an hour).
+fn optional_local_time(
+    object: &Map<String, Value>,
+    name: &str,
+    prefix: &str,
+    zone: chrono_tz::Tz,
+) -> Result<Option<DateTime<FixedOffset>>, PayloadError> {
+    let Some(text) = optional_string(object, name, prefix)? else {
+        return Ok(None);
+    };
+    if let Ok(time) = DateTime::parse_from_rfc3339(&text) {
+        return Ok(Some(time));
+    }
+    let local = chrono::NaiveDateTime::parse_from_str(&text, "%Y-%m-%dT%H:%M:%S%.f")
+        .ok()
+        .and_then(|naive| naive.and_local_timezone(zone).earliest());
+    local.map(|time| Some(time.fixed_offset())).ok_or_else(|| {
+        PayloadError::new(
+            format!("{prefix}{name}"),
+            format!(
+                "{text:?} is not an ISO 8601 date and time such as \"2026-11-20T23:47:07+09:00\", or names a \
+                 clock time that {zone} skips"
+            ),
+        )
+    })
+}
+
 /// Parses an RFC 3339 time; a time without an offset is read as UTC, the way
 /// some integration guides write it.
 pub fn parse_time(text: &str) -> Result<DateTime<FixedOffset>, chrono::ParseError> {
@@ -745,12 +808,21 @@ fn read_stat(object: &Map<String, Value>, prefix: &str) -> Result<Stat, PayloadE
         None => None,
         Some(text) => Some(match parse_time(&text) {
             Ok(clock) => SleepTime::Clock(clock),
-            Err(_) => SleepTime::Duration(parse_hms(&text).ok_or_else(|| {
-                PayloadError::new(
-                    format!("{prefix}sleep_time"),
-                    format!("{text:?} is neither an ISO 8601 date and time nor a duration HH:MM:SS"),
-                )
-            })?),
+            Err(_) => {
+                let seconds = parse_hms(&text).ok_or_else(|| {
+                    PayloadError::new(
+                        format!("{prefix}sleep_time"),
+                        format!("{text:?} is neither an ISO 8601 date and time nor a duration HH:MM:SS"),
+                    )
+                })?;
+                if seconds as f64 > MAX_STAT_SECONDS {
+                    return Err(PayloadError::new(
+                        format!("{prefix}sleep_time"),
+                        format!("{text:?} is a duration of more than 48 hours"),
+                    ));
+                }
+                SleepTime::Duration(seconds)
+            }
         }),
     };
     stat.wake_time = optional_time(object, "wake_time", prefix)?;
@@ -772,7 +844,10 @@ fn read_stat(object: &Map<String, Value>, prefix: &str) -> Result<Stat, PayloadE
 
     match object.get("sleep_cycle") {
         None | Some(Value::Null) => {}
-        Some(Value::Number(seconds)) => stat.sleep_cycle = seconds.as_f64(),
+        Some(Value::Number(seconds)) => {
+            stat.sleep_cycle = seconds.as_f64();
+            check_stat_range("sleep_cycle", stat.sleep_cycle, prefix)?;
+        }
         Some(Value::Array(cycles)) => {
             for (position, cycle) in cycles.iter().enumerate() {
                 let path = format!("{prefix}sleep_cycle[{position}]");
@@ -780,10 +855,20 @@ fn read_stat(object: &Map<String, Value>, prefix: &str) -> Result<Stat, PayloadE
                     .as_object()
                     .ok_or_else(|| PayloadError::new(&path, format!("must be an object, got {}", kind_of(cycle))))?;
                 let inner_prefix = format!("{path}.");
-                let index = ["index", "order"]
-                    .iter()
-                    .find_map(|name| cycle.get(*name).and_then(Value::as_i64))
-                    .unwrap_or(position as i64);
+                let mut index = position as i64;
+                for name in ["order", "index"] {
+                    match cycle.get(name) {
+                        None | Some(Value::Null) => {}
+                        Some(value) => {
+                            index = value.as_i64().ok_or_else(|| {
+                                PayloadError::new(
+                                    format!("{inner_prefix}{name}"),
+                                    format!("must be an integer, got {value}"),
+                                )
+                            })?;
+                        }
+                    }
+                }
                 stat.sleep_cycles.push(CycleSpan {
                     index,
                     start_time: optional_time(cycle, "start_time", &inner_prefix)?,
@@ -827,7 +912,8 @@ fn read_stat(object: &Map<String, Value>, prefix: &str) -> Result<Stat, PayloadE
     Ok(stat)
 }
 
-/// Parses `HH:MM:SS` (hours may exceed 23) into seconds.
+/// Parses `HH:MM:SS` (hours may exceed 23) into seconds; `None` when the
+/// text is not in that form or the seconds overflow an `i64`.
 fn parse_hms(text: &str) -> Option<i64> {
     let mut parts = text.split(':');
     let hours: i64 = parts.next()?.parse().ok()?;
@@ -836,7 +922,7 @@ fn parse_hms(text: &str) -> Option<i64> {
     if parts.next().is_some() || hours < 0 || !(0..60).contains(&minutes) || !(0..60).contains(&seconds) {
         return None;
     }
-    Some(hours * 3600 + minutes * 60 + seconds)
+    hours.checked_mul(3600)?.checked_add(minutes * 60 + seconds)
 }
 
 fn kind_of(value: &Value) -> &'static str {
@@ -1019,6 +1105,38 @@ mod tests {
                 json!({"event": "SESSION_COMPLETE", "session": {"id": "s", "start_time": "2026-01-01T00:00:00Z", "sleep_stages": [0]}, "stat": {"sleep_efficiency": -5}}),
                 "stat.sleep_efficiency",
             ),
+            (
+                json!({"event": "SESSION_COMPLETE", "data": {"session": {"id": "s", "start_time": "2026-01-01T00:00:00Z", "sleep_stages": [0]}}, "stat": {"waso_count": -1}}),
+                "stat.waso_count",
+            ),
+            (
+                json!({"event": "SESSION_COMPLETE", "data": {"session": {"id": "s", "start_time": "2026-01-01T00:00:00Z", "sleep_stages": [0]}}, "peculiarities": [1]}),
+                "peculiarities[0]",
+            ),
+            (
+                json!({"event": "SESSION_COMPLETE", "session": {"id": "s", "start_time": "2026-01-01T00:00:00Z", "end_time": "2026-01-01T00:01:00Z", "sleep_stages": [0, 1, 1, 1]}}),
+                "session.end_time",
+            ),
+            (
+                json!({"event": "SESSION_COMPLETE", "timezone": "America/New_York", "session": {"id": "s", "start_time": "2026-03-08T02:30:00", "sleep_stages": [0]}}),
+                "session.start_time",
+            ),
+            (
+                json!({"event": "SESSION_COMPLETE", "session": {"id": "s", "start_time": "2026-01-01T00:00:00Z", "sleep_stages": [0]}, "stat": {"sleep_time": "9223372036854775807:00:00"}}),
+                "stat.sleep_time",
+            ),
+            (
+                json!({"event": "SESSION_COMPLETE", "session": {"id": "s", "start_time": "2026-01-01T00:00:00Z", "sleep_stages": [0]}, "stat": {"sleep_time": "49:00:00"}}),
+                "stat.sleep_time",
+            ),
+            (
+                json!({"event": "SESSION_COMPLETE", "session": {"id": "s", "start_time": "2026-01-01T00:00:00Z", "sleep_stages": [0]}, "stat": {"sleep_cycle": -1e300}}),
+                "stat.sleep_cycle",
+            ),
+            (
+                json!({"event": "SESSION_COMPLETE", "session": {"id": "s", "start_time": "2026-01-01T00:00:00Z", "sleep_stages": [0]}, "stat": {"sleep_cycle": [{"index": "1"}]}}),
+                "stat.sleep_cycle[0].index",
+            ),
         ];
         for (body, field) in cases {
             let error = parse_delivery(&body, "u").unwrap_err();
@@ -1031,6 +1149,33 @@ mod tests {
         let body = json!({"event": "SESSION_COMPLETE", "session": {"id": "s", "start_time": "2026-01-01T00:00:00Z", "sleep_stages": [0]}, "stat": {"sleep_efficiency": -5}});
         let error = parse_delivery(&body, "u").unwrap_err();
         assert!(error.problem.ends_with("got -5"), "{error}");
+    }
+
+    #[test]
+    fn long_rejected_values_are_cut_short() {
+        let zone = "Z".repeat(100_000);
+        let body = json!({"event": "SESSION_COMPLETE", "timezone": zone, "session": {
+            "id": "s", "start_time": "2026-01-01T00:00:00Z", "sleep_stages": [0]}});
+        let error = parse_delivery(&body, "u").unwrap_err();
+        assert_eq!(error.field, "timezone");
+        assert_eq!(error.problem.chars().count(), MAX_PROBLEM_CHARS + 1);
+        assert!(error.problem.ends_with('…'));
+    }
+
+    #[test]
+    fn session_times_without_offset_use_session_zone() {
+        let body = json!({"event": "SESSION_COMPLETE", "timezone": "America/New_York", "session": {
+            "id": "s", "start_time": "2026-11-08T23:00:00", "end_time": "2026-11-09T06:00:00-05:00",
+            "sleep_stages": vec![0; 840]}});
+        let Delivery::SessionComplete(report) = parse_delivery(&body, "u").unwrap() else {
+            panic!("a SESSION_COMPLETE parses as a final report");
+        };
+        assert_eq!(report.start_time.to_rfc3339(), "2026-11-08T23:00:00-05:00");
+        assert_eq!((report.end_time.unwrap() - report.start_time).num_seconds(), 7 * 3600);
+        // The last epoch may end after the session does.
+        let body = json!({"event": "SESSION_COMPLETE", "session": {"id": "s", "start_time": "2026-01-01T00:00:00Z",
+            "end_time": "2026-01-01T00:01:10Z", "sleep_stages": [0, 1, 1]}});
+        assert!(parse_delivery(&body, "u").is_ok());
     }
 
     #[test]

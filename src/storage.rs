@@ -12,11 +12,16 @@
 
 use std::path::Path;
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
-use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::pool::PoolConnection;
+use sqlx::sqlite::{
+    Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Connection, Row};
 
 use crate::payload::{FinalReport, INFERENCE_COMPLETE, InferenceResult, SESSION_COMPLETE};
 
@@ -47,7 +52,38 @@ CREATE TABLE IF NOT EXISTS sessions (
     complete INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (user_id, session_id)
 );
+
+-- One row that the readiness check rewrites, so that it commits a real write.
+CREATE TABLE IF NOT EXISTS readiness (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    checked_at_ms INTEGER NOT NULL,
+    reserve BLOB
+);
 "#;
+
+/// How long a write waits for a lock that another process holds (the
+/// `sqlite3` shell, a backup tool) before it fails and the webhook responds
+/// with 503. Writes of this process never wait for each other here,
+/// because they share one connection.
+pub const WRITE_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a write waits for the one writer connection. With
+/// [`WRITE_BUSY_TIMEOUT`] it bounds a delivery's time in the database to
+/// 3 seconds, within the 5 seconds Asleep advises for a response.
+pub const WRITE_QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a read waits for a lock. Readers in WAL mode wait only while
+/// SQLite recovers or resets the write-ahead log, which is brief.
+const READ_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a readiness check's outcome is reused. Each check commits a
+/// write, so without this a burst of `/readyz` requests would compete with
+/// deliveries for the writer.
+pub const READINESS_REUSE: Duration = Duration::from_secs(1);
+
+/// Room the readiness check reserves and gives back: a 48-hour final report
+/// is about 100 KiB and is stored twice, as received and validated.
+const READINESS_RESERVE_BYTES: i64 = 256 * 1024;
 
 /// A storage failure. The webhook turns it into 503 so Asleep delivers again.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +92,41 @@ pub enum StorageError {
     Database(#[from] sqlx::Error),
     #[error("stored event {id} holds invalid JSON: {source}")]
     Corrupt { id: i64, source: serde_json::Error },
+}
+
+impl StorageError {
+    /// Returns a short, stable name of the failure, such as `SQLITE_BUSY` or
+    /// `pool timed out`, that groups repeats of one problem in logs.
+    pub fn kind(&self) -> String {
+        match self {
+            StorageError::Database(sqlx::Error::Database(error)) => match error.code() {
+                Some(code) => sqlite_code_name(&code),
+                None => "database error".to_string(),
+            },
+            StorageError::Database(sqlx::Error::PoolTimedOut) => "pool timed out".to_string(),
+            StorageError::Database(sqlx::Error::PoolClosed) => "pool closed".to_string(),
+            StorageError::Database(sqlx::Error::Io(error)) => format!("I/O error {:?}", error.kind()),
+            StorageError::Database(_) => "database error".to_string(),
+            StorageError::Corrupt { .. } => "corrupt event".to_string(),
+        }
+    }
+}
+
+/// Names a SQLite result code, extended or primary, by its primary code's
+/// constant from the SQLite documentation.
+fn sqlite_code_name(code: &str) -> String {
+    let primary = code.parse::<i64>().map(|code| code & 0xff);
+    let name = match primary {
+        Ok(5) => "SQLITE_BUSY",
+        Ok(6) => "SQLITE_LOCKED",
+        Ok(8) => "SQLITE_READONLY",
+        Ok(10) => "SQLITE_IOERR",
+        Ok(11) => "SQLITE_CORRUPT",
+        Ok(13) => "SQLITE_FULL",
+        Ok(14) => "SQLITE_CANTOPEN",
+        _ => return format!("SQLite code {code}"),
+    };
+    name.to_string()
 }
 
 /// Durability level of a SQLite commit.
@@ -116,7 +187,19 @@ pub struct SessionEvents {
 pub struct Store {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// The cap set with [`Store::set_max_page_count`], zero when there is
+    /// none. `max_page_count` is a setting of the connection, not of the
+    /// file, so every new writer connection applies it again.
+    max_page_count: Arc<AtomicU32>,
+    /// SQLite's own limit, restored when the cap is lifted.
+    default_max_page_count: u32,
+    /// When the last readiness check ran and its outcome. The lock also makes
+    /// concurrent checks wait for one probe instead of each running their own.
+    readiness: Arc<tokio::sync::Mutex<Option<WriteCheck>>>,
 }
+
+/// A readiness check's time and outcome.
+type WriteCheck = (Instant, Result<(), Arc<StorageError>>);
 
 impl Store {
     /// Opens the database at `path`, creating the file, its folder and the
@@ -133,84 +216,108 @@ impl Store {
                 Durability::Full => SqliteSynchronous::Full,
                 Durability::Normal => SqliteSynchronous::Normal,
             })
-            .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
 
+        let max_page_count = Arc::new(AtomicU32::new(0));
+        let cap = Arc::clone(&max_page_count);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options.clone())
+            .acquire_timeout(WRITE_QUEUE_TIMEOUT)
+            .after_connect(move |connection, _| {
+                let pages = cap.load(Ordering::SeqCst);
+                Box::pin(async move {
+                    if pages > 0 {
+                        sqlx::query(&format!("PRAGMA max_page_count = {pages}"))
+                            .execute(connection)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options.clone().busy_timeout(WRITE_BUSY_TIMEOUT))
             .await?;
         sqlx::raw_sql(SCHEMA).execute(&writer).await?;
+        let default_max_page_count: i64 = sqlx::query_scalar("PRAGMA max_page_count").fetch_one(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options.read_only(true))
+            .connect_with(options.busy_timeout(READ_BUSY_TIMEOUT).read_only(true))
             .await?;
-        Ok(Self { writer, reader })
+        Ok(Self {
+            writer,
+            reader,
+            max_page_count,
+            default_max_page_count: u32::try_from(default_max_page_count).unwrap_or(u32::MAX),
+            readiness: Arc::default(),
+        })
+    }
+
+    /// Checks that a write commits right now, within [`WRITE_QUEUE_TIMEOUT`]
+    /// plus [`WRITE_BUSY_TIMEOUT`]. An outcome is reused for
+    /// [`READINESS_REUSE`].
+    ///
+    /// The check takes the write lock, reserves room for a large delivery
+    /// and gives it back, then commits one small row. So it fails while
+    /// another process holds the lock, when the database is at its page cap,
+    /// and when SQLite cannot write the commit, as on an I/O error.
+    ///
+    /// NOTE: the reserved room is rolled back before it reaches the disk, so
+    /// a full disk shows only when the small commit needs new space.
+    /// Deliveries still get 503 then, because their own commits fail.
+    pub async fn check_writable(&self) -> Result<(), Arc<StorageError>> {
+        let mut last = self.readiness.lock().await;
+        if let Some((checked_at, outcome)) = last.as_ref()
+            && checked_at.elapsed() < READINESS_REUSE
+        {
+            return outcome.clone();
+        }
+        let outcome = self.probe_write().await.map_err(Arc::new);
+        *last = Some((Instant::now(), outcome.clone()));
+        outcome
+    }
+
+    async fn probe_write(&self) -> Result<(), StorageError> {
+        let mut connection = self.writer.acquire().await?;
+        let outcome = probe_write_on(&mut connection).await;
+        if outcome.is_err() {
+            discard_after_failure(&mut connection);
+        }
+        outcome
+    }
+
+    /// Caps the database file at `pages` pages (of `PRAGMA page_size` bytes,
+    /// 4096 unless the file was created otherwise), or lifts the cap with
+    /// `None`. Returns the cap in effect, which SQLite never sets below the
+    /// current size.
+    ///
+    /// Past the cap, a write fails with `SQLITE_FULL` just as on a full
+    /// disk, and the webhook responds with 503. Fault tests use it to fill the
+    /// database without filling a disk. An operator can use it to stop
+    /// intake before the disk runs out. The cap lasts until it is lifted or
+    /// the process exits.
+    pub async fn set_max_page_count(&self, pages: Option<u32>) -> Result<u32, StorageError> {
+        let requested = pages.unwrap_or(self.default_max_page_count);
+        // Holding the only writer connection keeps a reconnect from applying
+        // an outdated cap between the two steps.
+        let mut connection = self.writer.acquire().await?;
+        let in_effect: i64 = sqlx::query_scalar(&format!("PRAGMA max_page_count = {requested}"))
+            .fetch_one(&mut *connection)
+            .await?;
+        let in_effect = u32::try_from(in_effect).unwrap_or(u32::MAX);
+        self.max_page_count
+            .store(if pages.is_some() { in_effect } else { 0 }, Ordering::SeqCst);
+        Ok(in_effect)
     }
 
     /// Commits one delivery, or reports it as a duplicate of one already
     /// stored under the same idempotency key.
     pub async fn record(&self, event: NewEvent<'_>) -> Result<Recorded, StorageError> {
-        let mut transaction = self.writer.begin().await?;
-
-        let inserted = sqlx::query(
-            "INSERT INTO events (received_at_ms, event, user_id, session_id, seq_num, body, normalized)
-             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(event.received_at_ms)
-        .bind(event.event)
-        .bind(event.user_id)
-        .bind(event.session_id)
-        .bind(event.seq_num.map(i64::from))
-        .bind(event.body)
-        .bind(event.normalized)
-        .execute(&mut *transaction)
-        .await?
-        .rows_affected();
-
-        if inserted == 0 {
-            let existing: Option<String> = sqlx::query_scalar(
-                "SELECT normalized FROM events
-                 WHERE user_id = ? AND session_id = ? AND event = ? AND seq_num IS ?",
-            )
-            .bind(event.user_id)
-            .bind(event.session_id)
-            .bind(event.event)
-            .bind(if event.event == SESSION_COMPLETE {
-                None
-            } else {
-                event.seq_num.map(i64::from)
-            })
-            .fetch_optional(&mut *transaction)
-            .await?
-            .flatten();
-            transaction.rollback().await?;
-            return Ok(Recorded::Duplicate { existing });
+        let mut connection = self.writer.acquire().await?;
+        let outcome = record_on(&mut connection, event).await;
+        if outcome.is_err() {
+            discard_after_failure(&mut connection);
         }
-
-        let mut session_first_seen_ms = None;
-        if let Some(session_id) = event.session_id {
-            let first_seen: i64 = sqlx::query_scalar(
-                "INSERT INTO sessions (user_id, session_id, first_seen_ms, last_seen_ms, complete)
-                 VALUES (?1, ?2, ?3, ?3, ?4)
-                 ON CONFLICT (user_id, session_id) DO UPDATE SET
-                     last_seen_ms = max(last_seen_ms, excluded.last_seen_ms),
-                     complete = max(complete, excluded.complete)
-                 RETURNING first_seen_ms",
-            )
-            .bind(event.user_id)
-            .bind(session_id)
-            .bind(event.received_at_ms)
-            .bind(event.event == SESSION_COMPLETE)
-            .fetch_one(&mut *transaction)
-            .await?;
-            session_first_seen_ms = Some(first_seen);
-        }
-
-        transaction.commit().await?;
-        Ok(Recorded::Stored { session_first_seen_ms })
+        outcome
     }
 
     /// Returns the session whose first event arrived last: the user's current
@@ -342,6 +449,123 @@ impl Store {
     }
 }
 
+/// Runs [`Store::check_writable`]'s probe on the writer connection.
+async fn probe_write_on(connection: &mut SqliteConnection) -> Result<(), StorageError> {
+    let mut transaction = connection.begin_with("BEGIN IMMEDIATE").await?;
+
+    // Growing the row inside a savepoint allocates pages, which fails at
+    // the page cap, and rolling back to it leaves the file as it was.
+    sqlx::query("SAVEPOINT reserve").execute(&mut *transaction).await?;
+    sqlx::query(
+        "INSERT INTO readiness (id, checked_at_ms, reserve) VALUES (1, 0, zeroblob(?))
+         ON CONFLICT (id) DO UPDATE SET reserve = excluded.reserve",
+    )
+    .bind(READINESS_RESERVE_BYTES)
+    .execute(&mut *transaction)
+    .await?;
+    sqlx::query("ROLLBACK TO reserve").execute(&mut *transaction).await?;
+    sqlx::query("RELEASE reserve").execute(&mut *transaction).await?;
+
+    sqlx::query(
+        "INSERT INTO readiness (id, checked_at_ms) VALUES (1, ?)
+         ON CONFLICT (id) DO UPDATE SET checked_at_ms = excluded.checked_at_ms",
+    )
+    .bind(chrono::Utc::now().timestamp_millis())
+    .execute(&mut *transaction)
+    .await?;
+    transaction.commit().await?;
+    Ok(())
+}
+
+/// Runs [`Store::record`]'s transaction on the writer connection.
+async fn record_on(connection: &mut SqliteConnection, event: NewEvent<'_>) -> Result<Recorded, StorageError> {
+    let mut transaction = connection.begin().await?;
+
+    let inserted = sqlx::query(
+        "INSERT INTO events (received_at_ms, event, user_id, session_id, seq_num, body, normalized)
+         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+    )
+    .bind(event.received_at_ms)
+    .bind(event.event)
+    .bind(event.user_id)
+    .bind(event.session_id)
+    .bind(event.seq_num.map(i64::from))
+    .bind(event.body)
+    .bind(event.normalized)
+    .execute(&mut *transaction)
+    .await?
+    .rows_affected();
+
+    if inserted == 0 {
+        let existing: Option<String> = sqlx::query_scalar(
+            "SELECT normalized FROM events
+             WHERE user_id = ? AND session_id = ? AND event = ? AND seq_num IS ?",
+        )
+        .bind(event.user_id)
+        .bind(event.session_id)
+        .bind(event.event)
+        .bind(if event.event == SESSION_COMPLETE {
+            None
+        } else {
+            event.seq_num.map(i64::from)
+        })
+        .fetch_optional(&mut *transaction)
+        .await?
+        .flatten();
+        transaction.rollback().await?;
+        return Ok(Recorded::Duplicate { existing });
+    }
+
+    let mut session_first_seen_ms = None;
+    if let Some(session_id) = event.session_id {
+        let first_seen: i64 = sqlx::query_scalar(
+            "INSERT INTO sessions (user_id, session_id, first_seen_ms, last_seen_ms, complete)
+             VALUES (?1, ?2, ?3, ?3, ?4)
+             ON CONFLICT (user_id, session_id) DO UPDATE SET
+                 last_seen_ms = max(last_seen_ms, excluded.last_seen_ms),
+                 complete = max(complete, excluded.complete)
+             RETURNING first_seen_ms",
+        )
+        .bind(event.user_id)
+        .bind(session_id)
+        .bind(event.received_at_ms)
+        .bind(event.event == SESSION_COMPLETE)
+        .fetch_one(&mut *transaction)
+        .await?;
+        session_first_seen_ms = Some(first_seen);
+    }
+
+    transaction.commit().await?;
+    Ok(Recorded::Stored { session_first_seen_ms })
+}
+
+/// Closes a writer connection whose transaction failed instead of returning
+/// it to the pool, which opens a fresh one for the next write.
+///
+/// SQLite rolls a transaction back by itself after some errors, among them
+/// `SQLITE_FULL` and `SQLITE_IOERR`. sqlx 0.8's own `ROLLBACK` then fails and
+/// it keeps counting the transaction as open, so its next `begin` would
+/// issue a `SAVEPOINT` that a later rollback leaves open, and every write
+/// after that would stay uncommitted.
+fn discard_after_failure(connection: &mut PoolConnection<Sqlite>) {
+    connection.close_on_drop();
+}
+
 fn decode<T: DeserializeOwned>(id: i64, normalized: &str) -> Result<T, StorageError> {
     serde_json::from_str(normalized).map_err(|source| StorageError::Corrupt { id, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_codes_are_named_by_primary_code() {
+        assert_eq!(sqlite_code_name("5"), "SQLITE_BUSY");
+        // SQLITE_BUSY_SNAPSHOT is 5 | (2 << 8).
+        assert_eq!(sqlite_code_name("517"), "SQLITE_BUSY");
+        assert_eq!(sqlite_code_name("13"), "SQLITE_FULL");
+        assert_eq!(sqlite_code_name("99"), "SQLite code 99");
+        assert_eq!(sqlite_code_name("not a number"), "SQLite code not a number");
+    }
 }

@@ -20,7 +20,8 @@ pub struct Timeline {
     pub sleep_stages: Vec<i8>,
     /// One value per epoch: -1 unknown, 0 none, 1 snoring.
     pub snoring_stages: Vec<i8>,
-    /// Highest `seq_num` applied so far.
+    /// Highest `seq_num` received so far, including results that arrived
+    /// after the final report and changed no epoch.
     pub last_seq_num: Option<u32>,
     /// Whether the final report's arrays replaced the partial results.
     pub is_final: bool,
@@ -54,11 +55,13 @@ impl Timeline {
     /// an epoch only when no newer result wrote it. After the final report,
     /// partial results change nothing.
     pub fn apply_inference(&mut self, result: &InferenceResult) -> Option<Change> {
+        // Counted even after the final report, so the value does not depend
+        // on whether a late result arrived before or after it.
+        self.last_seq_num = self.last_seq_num.max(Some(result.seq_num));
         if self.is_final {
             return None;
         }
         let seq_num = i64::from(result.seq_num);
-        self.last_seq_num = self.last_seq_num.max(Some(result.seq_num));
 
         let first = result.first_epoch();
         let end = first + result.sleep_stages.len();
@@ -195,5 +198,10 @@ mod tests {
         timeline.apply_final(&report);
         assert_eq!(timeline.apply_inference(&result(5, &[3, 3, 3])), None);
         assert_eq!(timeline.sleep_stages, vec![0, 1, 2]);
+        assert_eq!(
+            timeline.last_seq_num,
+            Some(5),
+            "a late result still counts, as it would have before the final report"
+        );
     }
 }

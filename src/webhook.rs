@@ -9,39 +9,69 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+use std::time::Instant;
 
-use crate::app::AppState;
+use crate::app::{AppState, Limits};
 use crate::auth::api_key_matches;
 use crate::error::AppError;
+use crate::metrics::Outcome;
 use crate::payload::{Delivery, INFERENCE_COMPLETE, SESSION_COMPLETE, parse_delivery, parse_json};
 use crate::rooms::Applied;
 use crate::storage::{NewEvent, Recorded};
+use crate::warnings;
 
-/// Largest accepted body. A 48-hour final report with all three stage arrays
+/// Default largest accepted body, the default of [`Limits::max_body_bytes`]. A 48-hour final report with all three stage arrays
 /// is about 100 KiB, so 1 MiB leaves ample room.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// Maximum time to receive a whole body. Asleep posts a few kilobytes at once,
+/// Default time to receive a whole body, the default of [`Limits::request_timeout`]. Asleep posts a few kilobytes at once,
 /// so only a stalled or hostile sender takes longer.
 pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// Handles one delivery from Asleep, logging every rejection so an operator
-/// notices a wrong key or a change in Asleep's payloads.
-pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, AppError> {
-    let outcome = intake(state, &headers, body).await;
-    if let Err(error) = &outcome {
-        let user_id = headers.get("x-user-id").and_then(|value| value.to_str().ok());
-        // NOTE: rejections are not rate-limited yet, so a flood of bad
-        // requests produces one warning each.
-        match error {
-            AppError::Unavailable(_) | AppError::Internal(_) => {}
-            _ => tracing::warn!(user_id, error = %error, "delivery rejected"),
+/// Handles one delivery from Asleep: responds to it, counts it by event and
+/// outcome, times it, and logs every rejection so an operator notices a
+/// wrong key or a change in Asleep's payloads.
+pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+
+    let (event, answer) = match read_request(&state, &headers, body).await {
+        Ok(request) => {
+            let event = event_name(&request.json).map(str::to_string);
+            (event, store_and_apply(&state, request).await)
         }
-    }
-    outcome
+        Err(error) => (None, Err(error)),
+    };
+
+    let (outcome, response) = match answer {
+        Ok((outcome, response)) => (outcome, response),
+        Err(error) => {
+            let outcome = match error {
+                // A 500 is a server-side failure like a 503: nothing was
+                // stored, and the sender is not at fault.
+                AppError::Unavailable(_) | AppError::Internal(_) => Outcome::Unavailable,
+                _ => {
+                    log_rejection(&headers, event.as_deref(), &error);
+                    Outcome::Rejected
+                }
+            };
+            (outcome, error.into_response())
+        }
+    };
+
+    state.metrics.count_webhook(event.as_deref(), outcome);
+    state.metrics.webhook_seconds.observe(started.elapsed().as_secs_f64());
+    response
 }
 
-async fn intake(state: AppState, headers: &HeaderMap, body: Body) -> Result<Response, AppError> {
+/// A request that passed the checks that need no payload rules: key,
+/// content type, size, `x-user-id`, and JSON syntax.
+struct Request {
+    header_user_id: String,
+    body: Bytes,
+    json: Value,
+}
+
+async fn read_request(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Request, AppError> {
     let presented = headers
         .get("x-api-key")
         .map(|value| value.as_bytes())
@@ -54,10 +84,10 @@ async fn intake(state: AppState, headers: &HeaderMap, body: Body) -> Result<Resp
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
-    if declared_length.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
-        return Err(AppError::BodyTooLarge(MAX_BODY_BYTES));
+    if declared_length.is_some_and(|length| length > state.limits.max_body_bytes as u64) {
+        return Err(AppError::BodyTooLarge(state.limits.max_body_bytes));
     }
-    let body = read_body(body).await?;
+    let body = read_body(body, &state.limits).await?;
     let header_user_id = match headers.get("x-user-id") {
         None => return Err(AppError::BadHeader("x-user-id", "is missing".to_string())),
         Some(value) => value
@@ -66,9 +96,29 @@ async fn intake(state: AppState, headers: &HeaderMap, body: Body) -> Result<Resp
     };
 
     let json = parse_json(&body).map_err(|error| AppError::MalformedJson(error.to_string()))?;
-    let delivery = parse_delivery(&json, header_user_id)?;
+    Ok(Request {
+        header_user_id: header_user_id.to_string(),
+        body,
+        json,
+    })
+}
+
+/// Reads the event name the way the payload parser does, for the metrics
+/// label, before the rest of the payload is validated.
+fn event_name(json: &Value) -> Option<&str> {
+    let top = json.as_object()?;
+    let key = if top.contains_key("callback_event") {
+        "callback_event"
+    } else {
+        "event"
+    };
+    top.get(key)?.as_str()
+}
+
+async fn store_and_apply(state: &AppState, request: Request) -> Result<(Outcome, Response), AppError> {
+    let delivery = parse_delivery(&request.json, &request.header_user_id)?;
     // The body parsed as JSON, so it is valid UTF-8.
-    let raw = std::str::from_utf8(&body).map_err(|error| AppError::Internal(error.to_string()))?;
+    let raw = std::str::from_utf8(&request.body).map_err(|error| AppError::Internal(error.to_string()))?;
     let received_at_ms = chrono::Utc::now().timestamp_millis();
 
     let (event, session_id, seq_num, normalized) = match &delivery {
@@ -88,6 +138,8 @@ async fn intake(state: AppState, headers: &HeaderMap, body: Body) -> Result<Resp
     };
     let user_id = delivery.user_id().to_string();
     let (event, session_id, user_id) = (event.as_str(), session_id.as_deref(), user_id.as_str());
+
+    let commit_started = Instant::now();
     let recorded = state
         .store
         .record(NewEvent {
@@ -99,27 +151,54 @@ async fn intake(state: AppState, headers: &HeaderMap, body: Body) -> Result<Resp
             body: raw,
             normalized: normalized.as_deref(),
         })
-        .await?;
-
-    let session_first_seen_ms = match recorded {
-        Recorded::Duplicate { existing } => {
-            if !same_content(existing.as_deref(), normalized.as_deref()) {
+        .await;
+    // Failed commits are timed too: a lock that makes them wait until the
+    // busy timeout shows in this histogram before anywhere else.
+    state
+        .metrics
+        .commit_seconds
+        .observe(commit_started.elapsed().as_secs_f64());
+    let recorded = match recorded {
+        Ok(recorded) => recorded,
+        Err(error) => {
+            if let Some(suppressed) = warnings::admit("delivery not stored", &error.kind()) {
                 tracing::warn!(
                     user_id,
                     session_id,
                     event,
                     seq_num,
-                    "repeated delivery differs from the stored one; the first is kept"
+                    error = %error,
+                    suppressed,
+                    "delivery not stored; answering 503 so the sender delivers it again"
                 );
+            }
+            return Err(AppError::Unavailable(error));
+        }
+    };
+
+    let session_first_seen_ms = match recorded {
+        Recorded::Duplicate { existing } => {
+            if !same_content(existing.as_deref(), normalized.as_deref()) {
+                if let Some(suppressed) = warnings::admit("repeated delivery differs", event) {
+                    tracing::warn!(
+                        user_id,
+                        session_id,
+                        event,
+                        seq_num,
+                        suppressed,
+                        "repeated delivery differs from the stored one; the first is kept"
+                    );
+                }
             } else {
                 tracing::debug!(user_id, session_id, event, seq_num, "duplicate delivery");
             }
-            return Ok((StatusCode::OK, Json(json!({ "status": "duplicate", "event": event }))).into_response());
+            let answer = (StatusCode::OK, Json(json!({ "status": "duplicate", "event": event })));
+            return Ok((Outcome::Duplicate, answer.into_response()));
         }
         Recorded::Stored { session_first_seen_ms } => session_first_seen_ms.unwrap_or(received_at_ms),
     };
 
-    let answer = match delivery {
+    let (outcome, answer) = match delivery {
         Delivery::Inference(result) => {
             tracing::info!(
                 user_id,
@@ -143,7 +222,7 @@ async fn intake(state: AppState, headers: &HeaderMap, body: Body) -> Result<Resp
                     session_first_seen_ms,
                 },
             );
-            (StatusCode::OK, Json(answer))
+            (Outcome::Accepted, (StatusCode::OK, Json(answer)))
         }
         Delivery::SessionComplete(report) => {
             tracing::info!(
@@ -165,38 +244,94 @@ async fn intake(state: AppState, headers: &HeaderMap, body: Body) -> Result<Resp
                     session_first_seen_ms,
                 },
             );
-            (StatusCode::OK, Json(answer))
+            (Outcome::Accepted, (StatusCode::OK, Json(answer)))
         }
         Delivery::Unknown { .. } => {
-            tracing::warn!(
-                user_id,
-                event,
-                "unknown event kept in the event log and otherwise ignored"
-            );
+            if let Some(suppressed) = warnings::admit("unknown event", event) {
+                tracing::warn!(
+                    user_id,
+                    event,
+                    suppressed,
+                    "unknown event kept in the event log and otherwise ignored"
+                );
+            }
             (
-                StatusCode::ACCEPTED,
-                Json(json!({
-                    "status": "ignored",
-                    "event": event,
-                    "reason": format!("unknown event {event:?}; expected INFERENCE_COMPLETE or SESSION_COMPLETE"),
-                })),
+                Outcome::Ignored,
+                (
+                    StatusCode::ACCEPTED,
+                    Json(json!({
+                        "status": "ignored",
+                        "event": event,
+                        "reason": format!("unknown event {event:?}; expected INFERENCE_COMPLETE or SESSION_COMPLETE"),
+                    })),
+                ),
             )
         }
     };
-    Ok(answer.into_response())
+    Ok((outcome, answer.into_response()))
 }
 
-/// Reads the body within [`BODY_READ_TIMEOUT`] and [`MAX_BODY_BYTES`], so a
+/// Logs a rejected delivery with the field and problem, at most once per
+/// [`warnings::WARNING_INTERVAL`] for each kind of rejection, so a flood of
+/// bad requests cannot flood the log.
+fn log_rejection(headers: &HeaderMap, event: Option<&str>, error: &AppError) {
+    let reason = rejection_reason(error);
+    let Some(suppressed) = warnings::admit("delivery rejected", &reason) else {
+        return;
+    };
+    let user_id = headers.get("x-user-id").and_then(|value| value.to_str().ok());
+    tracing::warn!(user_id, event, error = %error, suppressed, "delivery rejected");
+}
+
+/// Names what a rejection is about, in a form that is equal for repeats:
+/// the header or payload field with array indexes left out, or the check.
+fn rejection_reason(error: &AppError) -> String {
+    match error {
+        AppError::BadApiKey => "x-api-key".to_string(),
+        AppError::BadHeader(name, _) => (*name).to_string(),
+        AppError::Payload(error) => without_indexes(&error.field),
+        AppError::MalformedJson(_) => "invalid JSON".to_string(),
+        AppError::BodyTooLarge(_) => "body too large".to_string(),
+        AppError::BodyTimeout(_) => "body timed out".to_string(),
+        AppError::BadBody(_) => "body unreadable".to_string(),
+        AppError::UnsupportedMediaType(_) => "content-type".to_string(),
+        other => format!("{other:?}")
+            .split(['(', ' '])
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+    }
+}
+
+/// Drops the digits between brackets, so `data.sleep_stages[17]` and
+/// `data.sleep_stages[18]` count as one field.
+fn without_indexes(field: &str) -> String {
+    let mut result = String::with_capacity(field.len());
+    let mut in_brackets = false;
+    for character in field.chars() {
+        match character {
+            '[' => in_brackets = true,
+            ']' => in_brackets = false,
+            digit if in_brackets && digit.is_ascii_digit() => continue,
+            _ => {}
+        }
+        result.push(character);
+    }
+    result
+}
+
+/// Reads the body within the request timeout and the body size limit, so a
 /// sender that stalls or sends too much cannot hold a request open.
-async fn read_body(body: Body) -> Result<Bytes, AppError> {
-    match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
-        Err(_) => Err(AppError::BodyTimeout(BODY_READ_TIMEOUT.as_secs())),
+async fn read_body(body: Body, limits: &Limits) -> Result<Bytes, AppError> {
+    let reading = axum::body::to_bytes(body, limits.max_body_bytes);
+    match tokio::time::timeout(limits.request_timeout, reading).await {
+        Err(_) => Err(AppError::BodyTimeout(limits.request_timeout.as_secs())),
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(error)) => {
             let too_large =
                 std::error::Error::source(&error).is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
             if too_large {
-                Err(AppError::BodyTooLarge(MAX_BODY_BYTES))
+                Err(AppError::BodyTooLarge(limits.max_body_bytes))
             } else {
                 Err(AppError::BadBody(error.to_string()))
             }
@@ -244,14 +379,51 @@ mod tests {
 
     #[tokio::test]
     async fn oversized_body_is_too_large() {
-        let error = read_body(Body::from(vec![b' '; MAX_BODY_BYTES + 1])).await.unwrap_err();
+        let error = read_body(Body::from(vec![b' '; MAX_BODY_BYTES + 1]), &Limits::default())
+            .await
+            .unwrap_err();
         assert!(matches!(error, AppError::BodyTooLarge(MAX_BODY_BYTES)), "{error:?}");
     }
 
     #[tokio::test]
     async fn body_at_limit_is_read() {
-        let bytes = read_body(Body::from(vec![b' '; MAX_BODY_BYTES])).await.unwrap();
+        let bytes = read_body(Body::from(vec![b' '; MAX_BODY_BYTES]), &Limits::default())
+            .await
+            .unwrap();
         assert_eq!(bytes.len(), MAX_BODY_BYTES);
+    }
+
+    #[test]
+    fn rejection_reason_leaves_out_indexes() {
+        let error = AppError::Payload(crate::payload::PayloadError::new(
+            "data.sleep_stages[17]",
+            "must be 0..=3",
+        ));
+        assert_eq!(rejection_reason(&error), "data.sleep_stages[]");
+        assert_eq!(
+            without_indexes("data.peculiarities[3].name"),
+            "data.peculiarities[].name"
+        );
+        assert_eq!(without_indexes("data.seq_num"), "data.seq_num");
+        assert_eq!(rejection_reason(&AppError::BadApiKey), "x-api-key");
+        assert_eq!(
+            rejection_reason(&AppError::MalformedJson("EOF at line 1 column 9".to_string())),
+            "invalid JSON"
+        );
+    }
+
+    #[test]
+    fn event_name_reads_both_spellings() {
+        assert_eq!(
+            event_name(&json!({ "event": "SESSION_COMPLETE" })),
+            Some("SESSION_COMPLETE")
+        );
+        assert_eq!(
+            event_name(&json!({ "callback_event": "INFERENCE_COMPLETE", "event": "OTHER" })),
+            Some("INFERENCE_COMPLETE")
+        );
+        assert_eq!(event_name(&json!({ "event": 3 })), None);
+        assert_eq!(event_name(&json!([])), None);
     }
 
     #[test]

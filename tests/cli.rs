@@ -101,3 +101,37 @@ fn serve_without_static_folder_names_it() {
     assert!(!output.status.success());
     assert!(stderr(&output).contains("/nonexistent-static"), "{}", stderr(&output));
 }
+
+#[test]
+fn unusable_limit_is_named() {
+    let secrets = [("ASLEEP_API_KEY", "k"), ("DASHBOARD_SECRET", "s")];
+    let cases: [Case; 3] = [
+        (
+            &["serve", "--listen", "127.0.0.1:0", "--max-header-size", "100"],
+            &secrets,
+            "--max-header-size 100 is out of range",
+        ),
+        (
+            &["serve", "--listen", "127.0.0.1:0", "--shutdown-grace", "0s"],
+            &secrets,
+            "--shutdown-grace must be above zero",
+        ),
+        (
+            &["serve", "--listen", "127.0.0.1:0", "--max-body-size", "1MB"],
+            &secrets,
+            "unknown unit",
+        ),
+    ];
+    for (args, env, expected) in cases {
+        let output = run(args, env);
+        assert!(!output.status.success(), "{args:?} must fail");
+        assert!(stderr(&output).contains(expected), "{args:?}: {}", stderr(&output));
+    }
+
+    // The environment sets a limit when the flag is absent.
+    let mut env = secrets.to_vec();
+    env.push(("SLEEP_DASHBOARD_WS_MAX_TOTAL", "0"));
+    let output = run(&["serve", "--listen", "127.0.0.1:0"], &env);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("--ws-max-total"), "{}", stderr(&output));
+}

@@ -371,7 +371,10 @@ async fn two_stage_exports_say_sleep() {
     assert_eq!(night["statistics"]["deep_ratio"], Value::Null);
     assert_eq!(night["stage_names"][2]["name"], "sleep");
     assert_eq!(night["stage_names"][4]["code"], 3);
-    assert_eq!(night["stage_names"][4]["name"], "sleep", "a two-stage reading names REM codes sleep");
+    assert_eq!(
+        night["stage_names"][4]["name"], "sleep",
+        "a two-stage reading names REM codes sleep"
+    );
     server.stop().await;
 }
 

@@ -346,7 +346,10 @@ async fn two_stage_model_has_no_stage_shares() {
     let server = server_with_nights(StageModel::TwoStage).await;
     let html = history(&server, "").await;
 
-    assert!(!html.contains(r#"id="trend-30-deep-share""#), "no empty deep-share chart");
+    assert!(
+        !html.contains(r#"id="trend-30-deep-share""#),
+        "no empty deep-share chart"
+    );
     assert!(!html.contains(r#"id="trend-7-rem-share""#), "no empty REM-share chart");
     assert!(html.contains(r#"id="trend-30-total-sleep""#));
     let window = element(&html, "trends-30", "</section>");

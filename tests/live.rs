@@ -940,3 +940,312 @@ async fn current_stage_without_data() {
     viewer.close().await;
     server.stop().await;
 }
+
+/// Returns how many viewer sockets the server closed for `reason`.
+fn closed_count(server: &TestServer, reason: sleep_dashboard::metrics::CloseReason) -> u64 {
+    server
+        .server
+        .state
+        .metrics
+        .ws_closed
+        .get_or_create(&sleep_dashboard::metrics::CloseLabels { reason })
+        .get()
+}
+
+/// Polls `condition` until it holds, failing with `what` after [`common::WAIT`].
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn viewers_resync_after_restart() {
+    let night = Night::load("night-flat");
+    let server = TestServer::start().await;
+    for delivery in night
+        .deliveries
+        .iter()
+        .filter(|delivery| delivery.is_inference())
+        .take(20)
+    {
+        assert_eq!(
+            server.deliver(night.user_id(), &delivery.body).await.status,
+            StatusCode::OK
+        );
+    }
+    let before = snapshot_of(&server, night.user_id()).await;
+    let mut viewers = Vec::new();
+    for _ in 0..3 {
+        viewers.push(server.viewer(night.user_id()).await);
+    }
+
+    let server = server.restart().await;
+
+    for viewer in &mut viewers {
+        assert_eq!(
+            close_code(&mut viewer.socket).await,
+            Some(1001),
+            "a restart closes with going away"
+        );
+    }
+    for (index, viewer) in viewers.iter_mut().enumerate() {
+        let url = server.ws_url(night.user_id(), Some(&viewer_token(night.user_id())));
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("reconnecting failed");
+        viewer.socket = socket;
+        let first = viewer.next_message().await;
+        assert_eq!(first, before, "viewer {index}: the first message after the restart");
+    }
+    for viewer in viewers {
+        viewer.close().await;
+    }
+    server.stop().await;
+}
+
+/// Returns an `INFERENCE_COMPLETE` whose result covers epochs `0 ..= seq_num`,
+/// all set to one stage, so every delivery rewrites the whole night and its
+/// `update` message is as large as the night.
+fn whole_night_result(user_id: &str, seq_num: i64) -> String {
+    let stage = seq_num % 4;
+    let length = seq_num as usize + 1;
+    inference_body(user_id, "long-night", seq_num, &vec![stage; length], &vec![0; length]).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_viewer_does_not_delay_others() {
+    use sleep_dashboard::metrics::CloseReason;
+
+    const DELIVERIES: i64 = 200;
+    let send_timeout = Duration::from_secs(3);
+    let server = TestServer::start_configured(|config| config.limits.ws_send_timeout = send_timeout).await;
+    let user = "watched";
+
+    // A client that completes the handshake and then never reads, with a
+    // small receive buffer so the server's writes soon block.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.server.addr).await.unwrap();
+    let (slow, _) = tokio_tungstenite::client_async(server.ws_url(user, Some(&viewer_token(user))), stream)
+        .await
+        .expect("the slow client's handshake failed");
+    let reader = server.viewer(user).await;
+    wait_until("both viewers are connected", || {
+        server.server.state.metrics.ws_connections.get() == 2
+    })
+    .await;
+
+    let reading = tokio::spawn(async move {
+        let mut reader = reader;
+        let mut types = Vec::new();
+        while types.len() < DELIVERIES as usize {
+            let message = reader.receive().await;
+            types.push(message["type"].as_str().unwrap_or_default().to_string());
+        }
+        (reader, types)
+    });
+
+    // Each result is a whole night of about 5,000 epochs, so the updates
+    // add up to megabytes, far more than the socket buffers hold.
+    let mut slowest = Duration::ZERO;
+    for index in 0..DELIVERIES {
+        let body = whole_night_result(user, 5000 + index);
+        let started = std::time::Instant::now();
+        let answer = server.deliver(user, &body).await;
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    }
+    assert!(
+        slowest < send_timeout,
+        "the slowest webhook took {slowest:?}, as long as a blocked send may last"
+    );
+
+    let (reader, types) = tokio::time::timeout(common::WAIT, reading)
+        .await
+        .expect("the reading viewer did not receive every message")
+        .unwrap();
+    let first_is_snapshot = types[0] == "snapshot";
+    assert!(first_is_snapshot, "the first result of a new night is a snapshot");
+    assert!(
+        types[1..].iter().all(|kind| kind == "update"),
+        "the reading viewer received every update, without resyncs: {types:?}"
+    );
+    let last = 5000 + DELIVERIES - 1;
+    assert_eq!(reader.hypnogram.sleep_stages, vec![last % 4; last as usize + 1]);
+
+    wait_until("the slow viewer is closed as slow", || {
+        closed_count(&server, CloseReason::Slow) == 1
+    })
+    .await;
+    wait_until("the connection gauge counts only the reader", || {
+        server.server.state.metrics.ws_connections.get() == 1
+    })
+    .await;
+    assert_eq!(server.server.state.rooms.len(), 1, "the reader keeps the room");
+    let text = server.server.state.metrics.encode();
+    assert!(
+        text.contains(r#"sleep_dashboard_websocket_closed_total{reason="slow"} 1"#),
+        "{text}"
+    );
+    drop(slow);
+    reader.close().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_client_frames_close_with_1009() {
+    use sleep_dashboard::metrics::CloseReason;
+
+    let server = TestServer::start().await;
+    let limit = sleep_dashboard::ws::MAX_CLIENT_MESSAGE_BYTES;
+    // Just over the limit, and far over what the WebSocket library buffers.
+    let cases = [
+        ("text", tungstenite::Message::text("t".repeat(limit + 1))),
+        ("binary", tungstenite::Message::binary(vec![0u8; 1024 * 1024])),
+    ];
+    for (expected_closes, (kind, message)) in (1..).zip(cases) {
+        let mut viewer = server.viewer("oversized").await;
+        use futures_util::SinkExt;
+        viewer.socket.send(message).await.unwrap();
+        assert_eq!(
+            close_code(&mut viewer.socket).await,
+            Some(1009),
+            "{kind} message over the limit"
+        );
+        wait_until("the close is counted as a protocol error", || {
+            closed_count(&server, CloseReason::Protocol) == expected_closes
+        })
+        .await;
+    }
+    server.wait_for_rooms(0).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn client_binary_message_closes_with_1003() {
+    use futures_util::SinkExt;
+    use sleep_dashboard::metrics::CloseReason;
+
+    let server = TestServer::start().await;
+    let mut viewer = server.viewer("binary").await;
+    viewer
+        .socket
+        .send(tungstenite::Message::binary(vec![1u8, 2, 3]))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut viewer.socket).await, Some(1003));
+    wait_until("the close is counted as a protocol error", || {
+        closed_count(&server, CloseReason::Protocol) == 1
+    })
+    .await;
+    server.stop().await;
+}
+
+/// Returns the resident set size of this process in bytes, from /proc.
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("reading /proc/self/statm failed");
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // Linux on x86-64 and aarch64 uses 4 KiB pages unless configured otherwise.
+    pages * 4096
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measures the whole process's memory, so it must run alone; run by .ci/run"]
+async fn vanished_clients_are_cleaned_up() {
+    use sleep_dashboard::metrics::CloseReason;
+
+    const CLIENTS: usize = 1000;
+    const BATCH: usize = 100;
+    const SILENT: usize = 50;
+    /// Growth of the resident set allowed after all clients are gone: the
+    /// allocator keeps some freed memory, but a leak of even 16 KiB per
+    /// client would exceed it.
+    const MEMORY_MARGIN: u64 = 16 * 1024 * 1024;
+
+    let server = TestServer::start_configured(|config| {
+        config.heartbeat = sleep_dashboard::ws::Heartbeat {
+            ping_interval: Duration::from_millis(100),
+            dead_after: Duration::from_millis(400),
+        };
+        config.limits.ws_total = 2 * CLIENTS;
+        config.limits.ws_per_user = 2 * CLIENTS;
+    })
+    .await;
+    let runtime = tokio::runtime::Handle::current().metrics();
+    let users: Vec<String> = (0..10).map(|index| format!("user-{index}")).collect();
+    for user in &users {
+        let body = inference_body(user, "night", 9, &[1; 10], &[0; 10]).to_string();
+        assert_eq!(server.deliver(user, &body).await.status, StatusCode::OK);
+    }
+
+    // A first batch warms up the allocator, so the baseline includes the
+    // memory it keeps after a batch of sockets is gone.
+    let mut warm_up = Vec::new();
+    for index in 0..BATCH {
+        warm_up.push(server.viewer(&users[index % users.len()]).await);
+    }
+    for viewer in warm_up {
+        viewer.close().await;
+    }
+    server.wait_for_rooms(0).await;
+    let baseline_tasks = runtime.num_alive_tasks();
+    let baseline_memory = resident_bytes();
+
+    // Half the clients close cleanly, half drop the TCP stream without a
+    // close frame.
+    for batch in 0..CLIENTS / BATCH {
+        let mut viewers = Vec::new();
+        for index in 0..BATCH {
+            viewers.push(server.viewer(&users[index % users.len()]).await);
+        }
+        assert_eq!(server.server.state.rooms.len(), users.len(), "batch {batch}");
+        for (index, viewer) in viewers.into_iter().enumerate() {
+            if index % 2 == 0 {
+                viewer.close().await;
+            } else {
+                drop(viewer);
+            }
+        }
+    }
+
+    // Clients that keep the connection open but never answer a ping, as when
+    // a phone loses its network, are found by the ping timeout.
+    let mut silent = Vec::new();
+    for index in 0..SILENT {
+        let user = &users[index % users.len()];
+        let (socket, _) = tokio_tungstenite::connect_async(server.ws_url(user, Some(&viewer_token(user))))
+            .await
+            .unwrap();
+        silent.push(socket);
+    }
+    wait_until("the silent clients are closed as dead", || {
+        closed_count(&server, CloseReason::Dead) >= SILENT as u64
+    })
+    .await;
+    drop(silent);
+
+    server.wait_for_rooms(0).await;
+    wait_until("the connection gauge is back to 0", || {
+        server.server.state.metrics.ws_connections.get() == 0
+    })
+    .await;
+    assert_eq!(server.server.state.metrics.rooms.get(), 0, "the rooms gauge");
+    wait_until("the runtime's tasks are back to the baseline", || {
+        runtime.num_alive_tasks() <= baseline_tasks
+    })
+    .await;
+    let memory = resident_bytes();
+    eprintln!(
+        "resident memory: {baseline_memory} bytes at the baseline, {memory} after {CLIENTS} clients; \
+         tasks: {baseline_tasks} at the baseline, {} after",
+        runtime.num_alive_tasks()
+    );
+    assert!(
+        memory <= baseline_memory + MEMORY_MARGIN,
+        "resident memory grew from {baseline_memory} to {memory} bytes"
+    );
+    server.stop().await;
+}

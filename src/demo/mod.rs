@@ -62,6 +62,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         dashboard_secret: credentials.dashboard_secret.clone(),
         static_dir: PathBuf::from(crate::config::default_static_dir()),
         heartbeat: Default::default(),
+        limits: Default::default(),
         stage_model: Default::default(),
     };
     let mut server = RunningServer::start(config, listener)
@@ -392,6 +393,7 @@ mod tests {
             dashboard_secret: "demo-secret".to_string(),
             static_dir: folder.path().to_path_buf(),
             heartbeat: Default::default(),
+            limits: Default::default(),
             stage_model: Default::default(),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -221,6 +221,7 @@ fn test_config(database: &Path) -> ServerConfig {
         dashboard_secret: SECRET.to_string(),
         static_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("static"),
         heartbeat: Heartbeat::default(),
+        limits: Default::default(),
         stage_model: Default::default(),
     }
 }
@@ -660,4 +661,45 @@ pub fn final_report_body(
             "stat": null,
         },
     })
+}
+
+/// A second connection to a server's database file that holds SQLite's
+/// write lock, as the `sqlite3` shell or a backup tool can. The server's
+/// reads go on in WAL mode; its writes fail once their busy timeout ends.
+pub struct DatabaseLock {
+    connection: sqlx::SqliteConnection,
+}
+
+impl DatabaseLock {
+    /// Opens `database` and takes the write lock with `BEGIN EXCLUSIVE`.
+    pub async fn take(database: &Path) -> Self {
+        use sqlx::Connection;
+
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(database)
+            .busy_timeout(WAIT);
+        let mut connection = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .unwrap_or_else(|error| panic!("opening {} failed: {error}", database.display()));
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut connection)
+            .await
+            .expect("taking the write lock failed");
+        Self { connection }
+    }
+
+    /// Ends the transaction, which releases the lock, and closes the
+    /// connection.
+    pub async fn release(mut self) {
+        use sqlx::Connection;
+
+        sqlx::query("ROLLBACK")
+            .execute(&mut self.connection)
+            .await
+            .expect("releasing the write lock failed");
+        self.connection
+            .close()
+            .await
+            .expect("closing the locking connection failed");
+    }
 }
