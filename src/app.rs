@@ -11,6 +11,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
@@ -18,15 +19,18 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::services::ServeDir;
-use tower_http::trace::TraceLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
-use crate::auth::{TokenError, ViewerKeys};
+use crate::auth::{AccessConfig, TokenError, ViewerKeys};
 use crate::error::AppError;
 use crate::metrics::Metrics;
 use crate::pages::PageError;
+use crate::payload::check_id;
 use crate::rooms::Rooms;
 use crate::statistics::StageModel;
 use crate::storage::{Durability, StorageError, Store};
+use crate::webhook::{WebhookGuard, WebhookPolicy};
 use crate::ws::{Heartbeat, ViewerSlots};
 use crate::{pages, webhook, ws};
 
@@ -49,6 +53,8 @@ pub struct ServerConfig {
     pub stage_model: StageModel,
     /// Sizes, timeouts and connection counts one client may use.
     pub limits: Limits,
+    /// Public origin, further allowed origins, and the admin secret.
+    pub access: AccessConfig,
 }
 
 /// Bounds on what clients can make the server hold, each set by a `serve`
@@ -168,15 +174,27 @@ pub struct AppState {
     pub heartbeat: Heartbeat,
     pub stage_model: StageModel,
     pub metrics: Arc<Metrics>,
+    /// Who may deliver to the webhook: failed-authentication limits per
+    /// client address and the allow-list of user ids.
+    pub webhook_guard: Arc<WebhookGuard>,
+    /// Origins allowed to open the WebSocket, cookie security, admin secret.
+    pub access: Arc<AccessConfig>,
 }
 
 impl AppState {
-    /// Checks that `token` grants access to `user_id`'s nights and returns
-    /// when that access ends, in Unix seconds.
-    pub fn authorize_viewer(&self, user_id: &str, token: Option<&str>) -> Result<i64, AppError> {
+    /// Checks that `user_id` is a valid id and that `token` grants access to
+    /// its nights at the user's current token version, and returns when that
+    /// access ends, in Unix seconds. The version is read from the database
+    /// on every call, so a revocation applies at once.
+    pub async fn authorize_viewer(&self, user_id: &str, token: Option<&str>) -> Result<i64, AppError> {
+        check_id(user_id, "user_id")?;
         let token = token.ok_or(TokenError::Missing)?;
         let now = chrono::Utc::now().timestamp();
-        self.viewer_keys.verify(token, user_id, now).map_err(|error| {
+        let checked = match self.viewer_keys.verify(token, user_id, now) {
+            Ok(claims) => claims.check_version(self.store.viewer_version(user_id).await?),
+            Err(error) => Err(error),
+        };
+        checked.map_err(|error| {
             tracing::debug!(user_id, %error, "viewer token rejected");
             AppError::Token(error)
         })
@@ -193,16 +211,41 @@ pub fn router(state: AppState, static_dir: PathBuf) -> Router {
         )
         .route("/ws", get(ws::upgrade))
         .merge(crate::health::routes())
-        .merge(pages::routes())
+        .merge(pages::routes(&state))
+        .merge(crate::admin::routes(&state))
         .nest_service("/static", ServeDir::new(static_dir))
         .fallback(|| async { PageError(AppError::NotFound("page".to_string())) })
         // A panicking handler answers 500 instead of dropping the connection.
         .layer(CatchPanicLayer::custom(panic_response))
         // Spans name the path only: query strings carry viewer tokens.
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
-            tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
-        }))
+        // Failures log at debug: the handlers already log each error once,
+        // rate-limited, with its ids.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
+                })
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
+        // Outermost, so every response the router produces carries them:
+        // pages, static files, the webhook's answers, errors, 404s, panics,
+        // /metrics and health. A handler may set a stricter policy, as the
+        // operator view does. Responses hyper sends by itself (400 for an
+        // unparsable request, 431 for an oversized head) carry none.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(pages::CONTENT_SECURITY_POLICY),
+        ))
+        .layer(security_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        // Page addresses can carry a viewer token, so none is passed on.
+        .layer(security_header(header::REFERRER_POLICY, "no-referrer"))
+        // For browsers without CSP's `frame-ancestors`.
+        .layer(security_header(header::X_FRAME_OPTIONS, "DENY"))
         .with_state(state)
+}
+
+fn security_header(name: HeaderName, value: &'static str) -> SetResponseHeaderLayer<HeaderValue> {
+    SetResponseHeaderLayer::overriding(name, HeaderValue::from_static(value))
 }
 
 /// Logs a handler's panic and answers it like any internal error.
@@ -223,8 +266,20 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    /// Opens the database and starts serving on `listener`.
+    /// Opens the database and starts serving on `listener`, with the
+    /// default [`WebhookPolicy`].
     pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Self, StorageError> {
+        let guard = WebhookGuard::new(WebhookPolicy::default()).expect("the default webhook policy is valid");
+        Self::start_with_webhook_guard(config, guard, listener).await
+    }
+
+    /// Opens the database and starts serving on `listener`, admitting
+    /// webhook requests by `webhook_guard`.
+    pub async fn start_with_webhook_guard(
+        config: ServerConfig,
+        webhook_guard: WebhookGuard,
+        listener: TcpListener,
+    ) -> Result<Self, StorageError> {
         let store = Store::open(&config.database, config.durability).await?;
         let metrics = Arc::new(Metrics::new());
         let state = AppState {
@@ -240,6 +295,8 @@ impl RunningServer {
             heartbeat: config.heartbeat,
             stage_model: config.stage_model,
             metrics,
+            access: Arc::new(config.access),
+            webhook_guard: Arc::new(webhook_guard),
         };
         let addr = listener.local_addr().map_err(sqlx::Error::Io)?;
         let app = router(state.clone(), config.static_dir);

@@ -1,14 +1,19 @@
 //! Command line: flags with environment-variable fallbacks.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::app::Limits;
+use crate::auth::{AccessConfig, Origin};
+use crate::payload::check_id;
 use crate::statistics::StageModel;
 use crate::storage::Durability;
+use crate::webhook::{ClientAddressSource, WebhookPolicy};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -21,12 +26,17 @@ pub struct Cli {
     pub command: Command,
 }
 
+// One `Command` is parsed once per process, so the size of its largest
+// variant costs nothing worth a `Box`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server.
     Serve(ServeArgs),
     /// Print a signed viewer link for one user's pages.
     Link(LinkArgs),
+    /// Revoke every viewer link and cookie issued so far for one user.
+    Revoke(RevokeArgs),
     /// Replay recorded deliveries to a webhook URL.
     Send(SendArgs),
     /// Start a server with demo credentials and play a recorded night into it.
@@ -48,7 +58,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SLEEP_DASHBOARD_DURABILITY", value_enum, default_value = "full")]
     pub durability: Durability,
 
-    /// Asleep API key expected in `x-api-key`.
+    /// Asleep API keys accepted in `x-api-key`, separated by commas; list
+    /// the old and the new key while Asleep's console switches to the new one.
     #[arg(long = "api-key", env = "ASLEEP_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
@@ -79,6 +90,149 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub limits: LimitArgs,
+
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
+
+    #[command(flatten)]
+    pub access: AccessArgs,
+}
+
+/// The `serve` flags of the viewer side and the operator view.
+#[derive(Debug, Args)]
+pub struct AccessArgs {
+    /// Origins besides this server's own, separated by commas, such as
+    /// `https://wall.example.org`, whose pages may open the viewer
+    /// WebSocket and post to /admin.
+    #[arg(long, env = "SLEEP_DASHBOARD_ALLOWED_ORIGINS")]
+    pub allowed_origins: Option<String>,
+
+    /// Password of the operator view at /admin, sent with HTTP Basic and any
+    /// user name; at least 32 characters. Without it /admin does not exist.
+    #[arg(long, env = "SLEEP_DASHBOARD_ADMIN_SECRET", hide_env_values = true)]
+    pub admin_secret: Option<String>,
+}
+
+impl AccessArgs {
+    /// Returns the access settings, with `public_url` from `--public-url`, or
+    /// an error naming the flag with an unusable value.
+    pub fn config(&self, public_url: Option<&str>) -> Result<AccessConfig, String> {
+        let public_origin = public_url
+            .map(|url| Origin::parse(url).map_err(|error| format!("--public-url: {error}")))
+            .transpose()?;
+        let allowed_origins = match self.allowed_origins.as_deref() {
+            Some(list) => parse_list("--allowed-origins (SLEEP_DASHBOARD_ALLOWED_ORIGINS)", list)?
+                .iter()
+                .map(|origin| Origin::parse(origin).map_err(|error| format!("--allowed-origins: {error}")))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
+        if let Some(secret) = &self.admin_secret {
+            crate::admin::check_secret(secret)?;
+        }
+        Ok(AccessConfig {
+            public_origin,
+            allowed_origins,
+            admin_secret: self.admin_secret.clone(),
+        })
+    }
+}
+
+impl ServeArgs {
+    /// Returns the API keys listed in `--api-key` or `ASLEEP_API_KEY`, or an
+    /// error naming the variable when it is missing or lists an unusable
+    /// key. The error never contains a key.
+    pub fn api_keys(&self) -> Result<Vec<String>, String> {
+        let listed = require("ASLEEP_API_KEY", "--api-key", self.api_key.as_deref())?;
+        let keys = parse_list("ASLEEP_API_KEY (--api-key)", listed)?;
+        for (index, key) in keys.iter().enumerate() {
+            // A key outside visible ASCII could never arrive in a header value.
+            if !key.bytes().all(|byte| byte.is_ascii_graphic()) {
+                return Err(format!(
+                    "ASLEEP_API_KEY (--api-key): key {} contains a space or a character outside visible ASCII, \
+                     so no request could present it",
+                    index + 1
+                ));
+            }
+        }
+        Ok(keys)
+    }
+}
+
+/// The `serve` flags that decide who may deliver to the webhook; their
+/// defaults are [`WebhookPolicy::default`].
+#[derive(Debug, Args)]
+pub struct WebhookArgs {
+    /// Failed `x-api-key` checks one client address may make per
+    /// `--auth-failure-window`; after that its webhook requests get 429 with
+    /// Retry-After. The allowance refills evenly over the window.
+    #[arg(long, env = "SLEEP_DASHBOARD_AUTH_FAILURE_LIMIT", default_value_t = crate::webhook::DEFAULT_AUTH_FAILURE_LIMIT)]
+    pub auth_failure_limit: u32,
+
+    /// Window of `--auth-failure-limit`, such as `1m`.
+    #[arg(long, env = "SLEEP_DASHBOARD_AUTH_FAILURE_WINDOW", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub auth_failure_window: Duration,
+
+    /// Header whose last address is the client address for the
+    /// failed-authentication limit, such as `X-Forwarded-For`. Safe only
+    /// behind a reverse proxy that sets or appends it, because any client
+    /// can send it; without this flag the TCP peer address counts.
+    #[arg(long, env = "SLEEP_DASHBOARD_CLIENT_ADDRESS_HEADER")]
+    pub client_address_header: Option<String>,
+
+    /// User ids the webhook accepts deliveries for, separated by commas; a
+    /// delivery for another user gets 403. Without this flag every user is
+    /// accepted.
+    #[arg(long, env = "SLEEP_DASHBOARD_ALLOWED_USERS")]
+    pub allowed_users: Option<String>,
+}
+
+impl WebhookArgs {
+    /// Returns the policy, or an error naming the flag with an unusable value.
+    pub fn policy(&self) -> Result<WebhookPolicy, String> {
+        let client_address = match &self.client_address_header {
+            None => ClientAddressSource::Peer,
+            Some(name) => ClientAddressSource::from_header_name(name)?,
+        };
+        let allowed_users = match &self.allowed_users {
+            None => None,
+            Some(listed) => {
+                let users = parse_list("--allowed-users (SLEEP_DASHBOARD_ALLOWED_USERS)", listed)?;
+                for user in &users {
+                    check_id(user, "--allowed-users").map_err(|error| error.to_string())?;
+                    if !user.bytes().all(|byte| byte.is_ascii_graphic()) {
+                        return Err(format!(
+                            "--allowed-users: {user:?} can never arrive in x-user-id, which is visible ASCII"
+                        ));
+                    }
+                }
+                Some(Arc::new(users.into_iter().collect::<HashSet<_>>()))
+            }
+        };
+        let policy = WebhookPolicy {
+            auth_failure_limit: self.auth_failure_limit,
+            auth_failure_window: self.auth_failure_window,
+            client_address,
+            allowed_users,
+        };
+        policy.quota()?;
+        Ok(policy)
+    }
+}
+
+/// Splits a comma-separated list and trims each item. An empty item, as in
+/// `a,,b` or a trailing comma, is an error naming `name`, because it is more
+/// likely a typo than a wish.
+pub fn parse_list(name: &str, text: &str) -> Result<Vec<String>, String> {
+    let items: Vec<String> = text.split(',').map(|item| item.trim().to_string()).collect();
+    if let Some(position) = items.iter().position(String::is_empty) {
+        return Err(format!(
+            "{name}: item {} of {} is empty; separate the items with single commas",
+            position + 1,
+            items.len()
+        ));
+    }
+    Ok(items)
 }
 
 /// The `serve` flags behind [`Limits`]; their defaults are [`Limits::default`].
@@ -204,8 +358,24 @@ pub struct LinkArgs {
     #[arg(long, env = "SLEEP_DASHBOARD_PUBLIC_URL", default_value = "http://127.0.0.1:8080")]
     pub public_url: String,
 
+    /// The server's SQLite database file, which holds the user's token version.
+    #[arg(long, env = "SLEEP_DASHBOARD_DATABASE", default_value = "data/sleep-dashboard.db")]
+    pub database: PathBuf,
+
     #[command(flatten)]
     pub secret: SecretArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// Asleep user id whose viewer links and cookies stop working.
+    #[arg(long)]
+    pub user: String,
+
+    /// The server's SQLite database file. The server may keep running: it
+    /// reads the token version on every request.
+    #[arg(long, env = "SLEEP_DASHBOARD_DATABASE", default_value = "data/sleep-dashboard.db")]
+    pub database: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -217,7 +387,7 @@ pub struct SendArgs {
     #[arg(long, default_value = "http://127.0.0.1:8080/asleep-webhook")]
     pub url: String,
 
-    /// API key sent in `x-api-key`.
+    /// API key sent in `x-api-key`; from a comma-separated list, the first.
     #[arg(long = "api-key", env = "ASLEEP_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
@@ -264,6 +434,54 @@ mod tests {
             panic!("expected the serve command");
         };
         assert_eq!(args.limits.limits().unwrap(), Limits::default());
+    }
+
+    #[test]
+    fn webhook_flag_defaults_match_policy() {
+        let cli = Cli::try_parse_from(["sleep-dashboard", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("expected the serve command");
+        };
+        assert_eq!(args.webhook.policy().unwrap(), WebhookPolicy::default());
+    }
+
+    #[test]
+    fn api_key_list_is_trimmed_and_checked() {
+        let serve = |keys: &str| {
+            let cli = Cli::try_parse_from(["sleep-dashboard", "serve", "--api-key", keys]).unwrap();
+            let Command::Serve(args) = cli.command else {
+                panic!("expected the serve command");
+            };
+            args.api_keys()
+        };
+        assert_eq!(serve("old, new ").unwrap(), ["old", "new"]);
+        assert_eq!(serve("only").unwrap(), ["only"]);
+        for unusable in ["a,,b", "a,", ",a", " , "] {
+            let error = serve(unusable).unwrap_err();
+            assert!(error.contains("ASLEEP_API_KEY"), "{unusable:?}: {error}");
+            assert!(error.contains("empty"), "{unusable:?}: {error}");
+        }
+        let error = serve("good,bad key").unwrap_err();
+        assert!(error.contains("key 2"), "{error}");
+        assert!(!error.contains("bad key"), "the error must not repeat the key: {error}");
+    }
+
+    #[test]
+    fn allowed_users_are_checked() {
+        let policy = |users: &str| {
+            let cli = Cli::try_parse_from(["sleep-dashboard", "serve", "--allowed-users", users]).unwrap();
+            let Command::Serve(args) = cli.command else {
+                panic!("expected the serve command");
+            };
+            args.webhook.policy()
+        };
+        let allowed = policy("alice, bob").unwrap();
+        assert!(allowed.allows_user("alice"));
+        assert!(allowed.allows_user("bob"));
+        assert!(!allowed.allows_user("carol"));
+        assert!(policy("alice,,bob").unwrap_err().contains("--allowed-users"));
+        assert!(policy("..").unwrap_err().contains("--allowed-users"));
+        assert!(policy("café").unwrap_err().contains("--allowed-users"));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! → [`payload`] validation → [`storage`] commit → [`timeline`] assembly in
 //! the user's [`rooms`] → [`ws`] broadcast; [`pages`] render what is stored.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod config;

@@ -1,4 +1,5 @@
 use std::io::IsTerminal;
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -6,11 +7,12 @@ use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 use sleep_dashboard::app::{RunningServer, ServerConfig};
-use sleep_dashboard::auth::ViewerKeys;
-use sleep_dashboard::config::{Cli, Command, LinkArgs, ServeArgs, require};
+use sleep_dashboard::auth::{ViewerKeys, link_expiry, mint_link};
+use sleep_dashboard::config::{Cli, Command, LinkArgs, RevokeArgs, ServeArgs};
 use sleep_dashboard::payload::check_id;
-use sleep_dashboard::report::live_path;
 use sleep_dashboard::signal::shutdown_signal;
+use sleep_dashboard::storage::{Durability, Store};
+use sleep_dashboard::webhook::WebhookGuard;
 use sleep_dashboard::ws::Heartbeat;
 use sleep_dashboard::{demo, send};
 
@@ -26,7 +28,8 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::Link(args) => link(&args).map(|url| println!("{url}")),
+        Command::Link(args) => link(&args).await.map(|url| println!("{url}")),
+        Command::Revoke(args) => revoke(&args).await.map(|message| println!("{message}")),
         Command::Send(args) => send::run(args).await,
         Command::Demo(args) => demo::run(args).await,
     };
@@ -40,7 +43,7 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
-    let api_key = require("ASLEEP_API_KEY", "--api-key", args.api_key.as_deref())?;
+    let api_keys = args.api_keys()?;
     let secret = args.secret.require()?;
     if secret.len() < MIN_SECRET_BYTES {
         tracing::warn!(
@@ -52,6 +55,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         return Err("--ws-dead-after must be longer than --ws-ping-interval, and both above zero".to_string());
     }
     let limits = args.limits.limits()?;
+    let webhook_guard = WebhookGuard::new(args.webhook.policy()?)?;
+    let access = args.access.config(args.public_url.as_deref())?;
     if !args.static_dir.join("live.js").is_file() {
         return Err(format!(
             "static assets not found in {}: pass --static-dir with the static/ folder of this repository",
@@ -61,7 +66,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let config = ServerConfig {
         database: args.database.clone(),
         durability: args.durability,
-        api_keys: vec![api_key.to_string()],
+        api_keys,
         dashboard_secret: secret.to_string(),
         static_dir: args.static_dir.clone(),
         heartbeat: Heartbeat {
@@ -70,12 +75,13 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         },
         stage_model: args.stage_model,
         limits,
+        access,
     };
 
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
-    let mut server = RunningServer::start(config, listener)
+    let mut server = RunningServer::start_with_webhook_guard(config, webhook_guard, listener)
         .await
         .map_err(|error| format!("cannot open the database {}: {error}", args.database.display()))?;
     tracing::info!(
@@ -101,24 +107,44 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
 /// bytes, the size of the HMAC-SHA256 output it keys.
 const MIN_SECRET_BYTES: usize = 32;
 
-/// Maximum validity of a link from `link`, so a leaked link cannot outlive a year.
-const MAX_LINK_TTL: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
-
-fn link(args: &LinkArgs) -> Result<String, String> {
+/// Prints a viewer link at the user's current token version, read from the
+/// server's database.
+async fn link(args: &LinkArgs) -> Result<String, String> {
     let secret = args.secret.require()?;
     check_id(&args.user, "--user").map_err(|error| error.to_string())?;
-    if args.ttl.is_zero() || args.ttl > MAX_LINK_TTL {
+    link_expiry(args.ttl, chrono::Utc::now().timestamp(), "--ttl")?;
+    let store = open_existing(&args.database).await?;
+    let minted = mint_link(&store, &ViewerKeys::new(secret), &args.user, args.ttl, &args.public_url).await;
+    store.close().await;
+    Ok(minted.map_err(|error| error.to_string())?.url)
+}
+
+/// Raises the user's token version in the server's database, which the
+/// server reads on every request, so every link and cookie issued so far
+/// stops working at once.
+async fn revoke(args: &RevokeArgs) -> Result<String, String> {
+    check_id(&args.user, "--user").map_err(|error| error.to_string())?;
+    let store = open_existing(&args.database).await?;
+    let revoked = store.revoke_viewers(&args.user).await;
+    store.close().await;
+    let version = revoked.map_err(|error| format!("revoking in {} failed: {error}", args.database.display()))?;
+    tracing::info!(user_id = args.user, version, "viewer links revoked");
+    Ok(format!(
+        "revoked every viewer link and cookie of user {:?}; links printed from now on work (token version {version})",
+        args.user
+    ))
+}
+
+/// Opens the server's database, which must exist: a link or a revocation
+/// written to a new, empty file would not reach the server.
+async fn open_existing(path: &Path) -> Result<Store, String> {
+    if !path.is_file() {
         return Err(format!(
-            "--ttl {} is out of range: give a duration from 1s to 366d",
-            humantime::format_duration(args.ttl)
+            "database {} not found: pass --database (or set SLEEP_DASHBOARD_DATABASE) with the server's database file",
+            path.display()
         ));
     }
-    let ttl = chrono::Duration::from_std(args.ttl).map_err(|_| format!("--ttl {:?} is too long", args.ttl))?;
-    let expires_at = (chrono::Utc::now() + ttl).timestamp();
-    let token = ViewerKeys::new(secret).issue(&args.user, expires_at);
-    Ok(format!(
-        "{}{}?token={token}",
-        args.public_url.trim_end_matches('/'),
-        live_path(&args.user)
-    ))
+    Store::open(path, Durability::Full)
+        .await
+        .map_err(|error| format!("cannot open the database {}: {error}", path.display()))
 }

@@ -34,7 +34,10 @@ const MAX_QUOTED_BODY: usize = 300;
 
 /// Replays the deliveries named on the command line.
 pub async fn run(args: SendArgs) -> Result<(), String> {
-    let api_key = require("ASLEEP_API_KEY", "--api-key", args.api_key.as_deref())?;
+    let api_keys = require("ASLEEP_API_KEY", "--api-key", args.api_key.as_deref())?;
+    // The server's variable may list several keys during a rotation; the
+    // first one is as good as any.
+    let api_key = api_keys.split(',').map(str::trim).next().unwrap_or_default();
     let speed = check_speed(args.speed)?;
     let target = Target::new(&args.url, api_key)?;
     let deliveries = load(&args.path)?;

@@ -21,7 +21,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Connection, Row};
+use sqlx::{ConnectOptions, Connection, Row};
 
 use crate::payload::{FinalReport, INFERENCE_COMPLETE, InferenceResult, SESSION_COMPLETE};
 
@@ -53,6 +53,14 @@ CREATE TABLE IF NOT EXISTS sessions (
     PRIMARY KEY (user_id, session_id)
 );
 
+-- Viewer token versions. A user without a row is at version 0; `revoke`
+-- raises the version, which invalidates every token issued before.
+CREATE TABLE IF NOT EXISTS viewer_versions (
+    user_id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    revoked_at_ms INTEGER NOT NULL
+);
+
 -- One row that the readiness check rewrites, so that it commits a real write.
 CREATE TABLE IF NOT EXISTS readiness (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -60,6 +68,10 @@ CREATE TABLE IF NOT EXISTS readiness (
     reserve BLOB
 );
 "#;
+
+/// The viewer token version of a user without a row in `viewer_versions`:
+/// one whose links were never revoked.
+pub const FIRST_TOKEN_VERSION: u64 = 0;
 
 /// How long a write waits for a lock that another process holds (the
 /// `sqlite3` shell, a backup tool) before it fails and the webhook responds
@@ -171,6 +183,16 @@ pub struct SessionEntry {
     pub report: Option<FinalReport>,
 }
 
+/// A session with results but no final report yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenSession {
+    pub user_id: String,
+    pub session_id: String,
+    pub first_seen_ms: i64,
+    /// When its latest event arrived, in Unix milliseconds.
+    pub last_seen_ms: i64,
+}
+
 /// Everything stored for one session, enough to rebuild its timeline.
 #[derive(Debug, Clone, Default)]
 pub struct SessionEvents {
@@ -216,7 +238,10 @@ impl Store {
                 Durability::Full => SqliteSynchronous::Full,
                 Durability::Normal => SqliteSynchronous::Normal,
             })
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // A statement slowed by a lock is reported by the 503 it causes,
+            // logged once per interval; sqlx would warn on every one.
+            .log_slow_statements(log::LevelFilter::Debug, std::time::Duration::from_secs(1));
 
         let max_page_count = Arc::new(AtomicU32::new(0));
         let cap = Arc::clone(&max_page_count);
@@ -433,6 +458,65 @@ impl Store {
         rows.into_iter()
             .map(|row| decode(row.get("id"), row.get("normalized")))
             .collect()
+    }
+
+    /// Returns `user_id`'s current viewer token version:
+    /// [`FIRST_TOKEN_VERSION`] until the user's links are first revoked.
+    ///
+    /// It is read from the database on every request, through the reader
+    /// pool, so a `revoke` run by another process takes effect on the
+    /// running server at once.
+    pub async fn viewer_version(&self, user_id: &str) -> Result<u64, StorageError> {
+        let version: Option<i64> = sqlx::query_scalar("SELECT version FROM viewer_versions WHERE user_id = ?")
+            .bind(user_id)
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(version.map_or(FIRST_TOKEN_VERSION, |version| version.max(0) as u64))
+    }
+
+    /// Raises `user_id`'s viewer token version by one, so every link and
+    /// cookie issued for the user so far stops working, and returns the new
+    /// version.
+    pub async fn revoke_viewers(&self, user_id: &str) -> Result<u64, StorageError> {
+        let mut connection = self.writer.acquire().await?;
+        let outcome = sqlx::query_scalar::<_, i64>(
+            "INSERT INTO viewer_versions (user_id, version, revoked_at_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (user_id) DO UPDATE SET
+                 version = version + 1, revoked_at_ms = excluded.revoked_at_ms
+             RETURNING version",
+        )
+        .bind(user_id)
+        .bind(FIRST_TOKEN_VERSION as i64 + 1)
+        .bind(chrono::Utc::now().timestamp_millis())
+        .fetch_one(&mut *connection)
+        .await;
+        if outcome.is_err() {
+            discard_after_failure(&mut connection);
+        }
+        Ok(outcome?.max(0) as u64)
+    }
+
+    /// Lists the sessions that have results but no final report and whose
+    /// last event arrived at or after `since_ms` (Unix milliseconds), most
+    /// recent first: the nights that are live or were cut short.
+    pub async fn open_sessions(&self, since_ms: i64) -> Result<Vec<OpenSession>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT user_id, session_id, first_seen_ms, last_seen_ms FROM sessions
+             WHERE complete = 0 AND last_seen_ms >= ?
+             ORDER BY last_seen_ms DESC, rowid DESC",
+        )
+        .bind(since_ms)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| OpenSession {
+                user_id: row.get("user_id"),
+                session_id: row.get("session_id"),
+                first_seen_ms: row.get("first_seen_ms"),
+                last_seen_ms: row.get("last_seen_ms"),
+            })
+            .collect())
     }
 
     /// Counts stored events, for tests and operators.

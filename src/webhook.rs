@@ -1,15 +1,27 @@
 //! Webhook intake: `POST /asleep-webhook`.
 //!
-//! The path reads top to bottom: authenticate, parse, validate, commit, apply
-//! to the live room, respond. A 2xx response is sent only after the commit.
+//! The path reads top to bottom: turn away a client that failed
+//! authentication too often, authenticate, check the user against the
+//! allow-list, parse, validate, commit, apply to the live room, respond. A
+//! 2xx response is sent only after the commit.
+
+mod client_address;
+mod guard;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use std::time::Instant;
+
+pub use client_address::ClientAddressSource;
+pub use guard::{
+    DEFAULT_AUTH_FAILURE_LIMIT, DEFAULT_AUTH_FAILURE_WINDOW, MAX_TRACKED_ADDRESSES, WebhookGuard, WebhookPolicy,
+};
 
 use crate::app::{AppState, Limits};
 use crate::auth::api_key_matches;
@@ -31,13 +43,36 @@ pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// Handles one delivery from Asleep: responds to it, counts it by event and
 /// outcome, times it, and logs every rejection so an operator notices a
 /// wrong key or a change in Asleep's payloads.
-pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+///
+/// `peer` is the TCP peer, which the accept loop adds to every request.
+pub async fn receive(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = Instant::now();
+    let guard = &state.webhook_guard;
+    let client = guard.policy.client_address.client_address(peer, &headers);
+
+    // Checked before the key is compared, so a client guessing keys learns
+    // nothing more until its allowance refills.
+    if let Some(wait) = guard.blocked_for(client) {
+        log_authentication_failure(client, true);
+        state.metrics.count_webhook(None, Outcome::Rejected);
+        state.metrics.webhook_seconds.observe(started.elapsed().as_secs_f64());
+        return too_many_failures(wait);
+    }
 
     let (event, answer) = match read_request(&state, &headers, body).await {
         Ok(request) => {
             let event = event_name(&request.json).map(str::to_string);
-            (event, store_and_apply(&state, request).await)
+            let answer = if guard.policy.allows_user(&request.header_user_id) {
+                store_and_apply(&state, request).await
+            } else {
+                Ok(reject_user(&request.header_user_id, event.as_deref()))
+            };
+            (event, answer)
         }
         Err(error) => (None, Err(error)),
     };
@@ -49,6 +84,11 @@ pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bo
                 // A 500 is a server-side failure like a 503: nothing was
                 // stored, and the sender is not at fault.
                 AppError::Unavailable(_) | AppError::Internal(_) => Outcome::Unavailable,
+                AppError::BadApiKey => {
+                    guard.record_failure(client);
+                    log_authentication_failure(client, false);
+                    Outcome::Rejected
+                }
                 _ => {
                     log_rejection(&headers, event.as_deref(), &error);
                     Outcome::Rejected
@@ -269,6 +309,66 @@ async fn store_and_apply(state: &AppState, request: Request) -> Result<(Outcome,
         }
     };
     Ok((outcome, answer.into_response()))
+}
+
+/// Builds the response to a client that used up its allowance of failed `x-api-key`
+/// checks: 429 with `Retry-After` in whole seconds, rounded up.
+fn too_many_failures(wait: Duration) -> Response {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let seconds = seconds.max(1);
+    let body = json!({
+        "error": format!(
+            "too many failed x-api-key checks from this client address; retry after {seconds} seconds"
+        ),
+        "field": "x-api-key",
+    });
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
+}
+
+/// Rejects a delivery for a user that is not on the allow-list with 403,
+/// and logs it at most once per [`warnings::WARNING_INTERVAL`] per user.
+fn reject_user(user_id: &str, event: Option<&str>) -> (Outcome, Response) {
+    if let Some(suppressed) = warnings::admit("delivery for a user not allowed", user_id) {
+        tracing::warn!(
+            user_id,
+            event,
+            suppressed,
+            "delivery rejected: the user is not in --allowed-users"
+        );
+    }
+    let body = json!({
+        "error": format!("x-user-id {user_id:?} is not among the users this server accepts deliveries for"),
+        "field": "x-user-id",
+    });
+    (Outcome::Rejected, (StatusCode::FORBIDDEN, Json(body)).into_response())
+}
+
+/// Logs a failed `x-api-key` check, or a request turned away after too
+/// many, at most once per [`warnings::WARNING_INTERVAL`] per client address.
+/// Neither the presented key nor `x-user-id` is logged: an unauthenticated
+/// sender's headers are not trusted, and a sender that swapped the two
+/// headers would put its key in `x-user-id`.
+fn log_authentication_failure(client: IpAddr, blocked: bool) {
+    let Some(suppressed) = warnings::admit("webhook authentication failed", &client.to_string()) else {
+        return;
+    };
+    if blocked {
+        tracing::warn!(
+            client_address = %client,
+            suppressed,
+            "webhook request answered 429: too many failed x-api-key checks from this address"
+        );
+    } else {
+        tracing::warn!(
+            client_address = %client,
+            suppressed,
+            "webhook request rejected: x-api-key is missing or matches no configured key"
+        );
+    }
 }
 
 /// Logs a rejected delivery with the field and problem, at most once per

@@ -1,9 +1,16 @@
-//! The viewer WebSocket: `GET /ws?user=U&token=T`.
+//! The viewer WebSocket: `GET /ws?user=U`, with the viewer cookie that the
+//! pages set, or `GET /ws?user=U&token=T`.
 //!
-//! The token and the connection limits are checked before the upgrade. After
-//! it, the client receives a snapshot, then the room's messages. Clients send
-//! nothing but control frames; the server pings idle sockets, closes those
-//! that stop responding, and closes as slow those that stop reading.
+//! Before the upgrade, in this order: the `Origin` header must name this
+//! server or an allowed origin, the viewer must hold a valid token for the
+//! user, and the connection limits must have room. A browser always sends
+//! `Origin` with an upgrade, so a request without one comes from another
+//! kind of client and must carry its token in the query: the cookie is
+//! accepted only beside an allowed `Origin`, because cookies are what a
+//! cross-site page could make a browser send. After the upgrade, the client
+//! receives a snapshot, then the room's messages. Clients send nothing but
+//! control frames; the server pings idle sockets, closes those that stop
+//! responding, and closes as slow those that stop reading.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,7 +21,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
@@ -22,6 +29,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{Instant, interval_at};
 
 use crate::app::{AppState, Limits};
+use crate::auth::{TokenError, cookie_name, cookie_value};
 use crate::error::{AppError, RETRY_AFTER_SECONDS};
 use crate::metrics::CloseReason;
 
@@ -69,17 +77,41 @@ pub struct WsQuery {
     token: Option<String>,
 }
 
-/// Checks the viewer's token for the requested user and the connection
-/// limits, then upgrades.
+/// Checks the request's origin, the viewer's token for the requested user
+/// and the connection limits, then upgrades.
 pub async fn upgrade(
     State(state): State<AppState>,
+    headers: HeaderMap,
     query: Result<Query<WsQuery>, QueryRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
+    let origin = match state.access.check_origin(&headers) {
+        Ok(origin) => origin,
+        Err(error) => {
+            tracing::debug!(%error, "viewer socket rejected for its origin");
+            return Ok(forbidden(&error.to_string()));
+        }
+    };
     let Query(query) = query.map_err(|rejection| {
         AppError::BadQuery(format!("expected ?user=USER_ID&token=TOKEN: {}", rejection.body_text()))
     })?;
-    let expires_at = state.authorize_viewer(&query.user, query.token.as_deref())?;
+    let cookie = cookie_value(&headers, &cookie_name(&query.user));
+    let token = match (query.token.as_deref(), origin, cookie) {
+        (Some(token), _, _) => Some(token),
+        (None, Some(_), cookie) => cookie,
+        (None, None, Some(_)) => {
+            return Ok(forbidden(
+                "a viewer cookie is accepted only with an Origin header of this server; \
+                 clients other than browsers pass ?token=",
+            ));
+        }
+        (None, None, None) => None,
+    };
+    let expires_at = state.authorize_viewer(&query.user, token).await?;
+    let access = Access {
+        token: token.unwrap_or_default().to_string(),
+        expires_at,
+    };
     let ws = ws.map_err(|rejection| AppError::BadQuery(rejection.body_text()))?;
     let slot = match state.viewer_slots.acquire(&query.user) {
         Ok(slot) => slot,
@@ -91,19 +123,40 @@ pub async fn upgrade(
         .max_message_size(MAX_BUFFERED_MESSAGE_BYTES)
         .max_frame_size(MAX_BUFFERED_MESSAGE_BYTES)
         .on_upgrade(move |socket| async move {
-            serve_viewer(state, query.user, expires_at, socket).await;
+            serve_viewer(state, query.user, access, socket).await;
             drop((slot, tracked));
         }))
 }
 
+/// The viewer's token and when its access ends, in Unix seconds.
+struct Access {
+    token: String,
+    expires_at: i64,
+}
+
+/// Checks whether the viewer's links were revoked since the socket opened,
+/// which open sockets learn at their next ping. A database that cannot be
+/// read keeps the socket open: the check is repeated at the next ping.
+async fn revoked(state: &AppState, user_id: &str, access: &Access) -> bool {
+    matches!(
+        state.authorize_viewer(user_id, Some(&access.token)).await,
+        Err(AppError::Token(TokenError::Revoked))
+    )
+}
+
+/// Returns 403 with a JSON error, sent before the upgrade.
+fn forbidden(message: &str) -> Response {
+    (StatusCode::FORBIDDEN, Json(json!({ "error": message }))).into_response()
+}
+
 /// Serves one viewer until it leaves, a limit or the link's expiry closes
 /// it, or the server shuts down.
-async fn serve_viewer(state: AppState, user_id: String, expires_at: i64, mut socket: WebSocket) {
+async fn serve_viewer(state: AppState, user_id: String, access: Access, mut socket: WebSocket) {
     state.metrics.ws_connections.inc();
     tracing::debug!(user_id, "viewer connected");
 
     let ending = tokio::select! {
-        ending = relay(&state, &user_id, expires_at, &mut socket) => ending,
+        ending = relay(&state, &user_id, &access, &mut socket) => ending,
         () = state.cut_off.cancelled() => Ending::CutOff,
     };
     match ending {
@@ -179,7 +232,7 @@ impl From<SendFailure> for Ending {
 
 /// Sends the snapshot and then the room's messages, pings the client, and
 /// watches what it sends, until one of the [`Ending`]s.
-async fn relay(state: &AppState, user_id: &str, expires_at: i64, socket: &mut WebSocket) -> Ending {
+async fn relay(state: &AppState, user_id: &str, access: &Access, socket: &mut WebSocket) -> Ending {
     let subscription = match state.rooms.subscribe(user_id).await {
         Ok(subscription) => subscription,
         Err(error) => {
@@ -199,7 +252,7 @@ async fn relay(state: &AppState, user_id: &str, expires_at: i64, socket: &mut We
     let mut pings = interval_at(Instant::now() + heartbeat.ping_interval, heartbeat.ping_interval);
     let mut last_heard = Instant::now();
     // The viewer link's access ends at its expiry, for open sockets too.
-    let seconds_left = (expires_at - chrono::Utc::now().timestamp()).max(0) as u64;
+    let seconds_left = (access.expires_at - chrono::Utc::now().timestamp()).max(0) as u64;
     let link_expiry = tokio::time::sleep(Duration::from_secs(seconds_left));
     tokio::pin!(link_expiry);
 
@@ -233,6 +286,13 @@ async fn relay(state: &AppState, user_id: &str, expires_at: i64, socket: &mut We
             _ = pings.tick() => {
                 if last_heard.elapsed() > heartbeat.dead_after {
                     return Ending::Dead;
+                }
+                if revoked(state, user_id, access).await {
+                    return Ending::Close {
+                        reason: CloseReason::Expired,
+                        code: close_code::POLICY,
+                        message: "viewer link revoked; ask for a new link",
+                    };
                 }
                 Message::Ping(Default::default())
             }

@@ -104,6 +104,17 @@
     }
   }
 
+  // The report's address becomes a link and a fetch, so only a path on
+  // this server is accepted. A `javascript:` URL would run as script, and
+  // `//host` or `/\host` (which browsers read as `//host`) would lead to
+  // another origin.
+  function localPath(url) {
+    if (typeof url !== 'string' || url === '') return null;
+    if (url.startsWith('/') && !url.startsWith('//') && !url.startsWith('/\\')) return url;
+    console.warn('ignoring a report address that is not a path on this server', url);
+    return null;
+  }
+
   function applySnapshot(message) {
     night.sessionId = message.session_id || null;
     night.epochSeconds = message.epoch_seconds || 30;
@@ -111,7 +122,7 @@
     night.snoring = Array.from(message.snoring_stages || []);
     applyClock(message);
     night.complete = Boolean(message.complete);
-    night.reportUrl = message.report_url || null;
+    night.reportUrl = localPath(message.report_url);
     night.endMs = null;
     night.headline = null;
     applyFigures(message);
@@ -151,7 +162,7 @@
     const end = message.end_time ? Date.parse(message.end_time) : NaN;
     night.endMs = Number.isFinite(end) ? end : null;
     night.complete = true;
-    night.reportUrl = message.report_url;
+    night.reportUrl = localPath(message.report_url);
     night.headline = message.headline || null;
     applyFigures(message);
   }
@@ -160,7 +171,8 @@
   // from the JSON API.
   async function fetchCompletedNight(sessionId, reportUrl) {
     try {
-      const response = await fetch(`/api${reportUrl}?token=${encodeURIComponent(config.token)}`, {
+      // The viewer cookie authorizes the request: fetch sends it to this origin.
+      const response = await fetch(`/api${reportUrl}`, {
         headers: { Accept: 'application/json' },
         credentials: 'same-origin',
       });
@@ -521,7 +533,7 @@
     const complete = element('complete');
     complete.hidden = !(night.complete && night.reportUrl);
     if (night.complete && night.reportUrl) {
-      element('report-link').href = `${night.reportUrl}?token=${encodeURIComponent(config.token)}`;
+      element('report-link').href = night.reportUrl;
     }
     const headline = night.headline;
     const show = (id, value) => { element(id).textContent = value; };
@@ -552,6 +564,8 @@
   function connect() {
     reconnectTimer = null;
     const scheme = window.location.protocol === 'https:' ? 'wss:' : 'ws:';
+    // Same origin, so the browser sends the viewer cookie with the upgrade
+    // and the address carries no token.
     const current = new WebSocket(`${scheme}//${window.location.host}${config.ws_path}`);
     socket = current;
     current.addEventListener('message', (event) => {

@@ -42,6 +42,10 @@ fn missing_secret_is_named() {
 
 #[test]
 fn link_prints_verifiable_viewer_url() {
+    // An empty file is an empty SQLite database; `link` adds the schema.
+    let folder = tempfile::tempdir().unwrap();
+    let database = folder.path().join("events.sqlite3");
+    std::fs::File::create(&database).unwrap();
     let output = run(
         &[
             "link",
@@ -51,6 +55,8 @@ fn link_prints_verifiable_viewer_url() {
             "2h",
             "--public-url",
             "https://sleep.example.org/",
+            "--database",
+            database.to_str().unwrap(),
         ],
         &[("DASHBOARD_SECRET", "link-secret")],
     );

@@ -152,8 +152,10 @@ async fn history_links_each_session() {
     let html = server
         .get_ok(&format!("/users/{}?token={token}", path_segment(night.user_id())))
         .await;
-    let report_link = format!(r#"href="{}?token={token}""#, night.report_path());
+    // Links are plain paths: the viewer cookie carries the token.
+    let report_link = format!(r#"href="{}""#, night.report_path());
     assert!(html.contains(&report_link), "history should link {report_link}");
+    assert!(!html.contains(&token), "the history page repeats the token");
     assert!(html.contains(&format!(
         r#"data-session-id="{}" data-complete="true""#,
         night.session_id()
@@ -323,11 +325,7 @@ async fn ids_with_reserved_characters_round_trip() {
     let history = server
         .get_ok(&format!("/users/{}?token={token}", path_segment(user)))
         .await;
-    let link = format!(
-        "/users/{}/sessions/{}?token={token}",
-        path_segment(user),
-        path_segment(session)
-    );
+    let link = format!("/users/{}/sessions/{}", path_segment(user), path_segment(session));
     assert!(history.contains(&format!(r#"href="{link}""#)), "{link} in {history}");
     server.stop().await;
 }
@@ -385,7 +383,7 @@ async fn restart_serves_stored_night() {
     let history = server
         .get_ok(&format!("/users/{}?token={token}", path_segment(night.user_id())))
         .await;
-    assert!(history.contains(&format!(r#"href="{}?token={token}""#, night.report_path())));
+    assert!(history.contains(&format!(r#"href="{}""#, night.report_path())));
     server.stop().await;
 }
 

@@ -11,6 +11,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -18,7 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -46,7 +47,7 @@ pub(super) async fn accept_loop(listener: TcpListener, router: Router, state: Ap
         .max_header_size(state.limits.max_header_bytes);
 
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = state.shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -65,6 +66,7 @@ pub(super) async fn accept_loop(listener: TcpListener, router: Router, state: Ap
         let guard = state.tracker.enter();
         tokio::spawn(serve_connection(
             stream,
+            peer,
             router.clone(),
             builder.clone(),
             state.clone(),
@@ -80,6 +82,7 @@ pub(super) async fn accept_loop(listener: TcpListener, router: Router, state: Ap
 /// shutdown drains or cuts it off. `_guard` keeps shutdown waiting meanwhile.
 async fn serve_connection(
     stream: TcpStream,
+    peer: SocketAddr,
     router: Router,
     builder: http1::Builder,
     state: AppState,
@@ -93,6 +96,7 @@ async fn serve_connection(
     let service = WatchedService {
         inner: TowerToHyperService::new(router),
         activity: Arc::clone(&activity),
+        peer,
     };
     let connection = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(connection);
@@ -291,6 +295,9 @@ impl AsyncWrite for WatchedStream {
 struct WatchedService {
     inner: TowerToHyperService<Router>,
     activity: Arc<Activity>,
+    /// The TCP peer, handed to handlers as [`ConnectInfo`] so the webhook
+    /// can rate-limit failed authentication per client address.
+    peer: SocketAddr,
 }
 
 impl hyper::service::Service<hyper::Request<Incoming>> for WatchedService {
@@ -300,7 +307,9 @@ impl hyper::service::Service<hyper::Request<Incoming>> for WatchedService {
 
     fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
         let in_flight = InFlight::start(Arc::clone(&self.activity));
-        let response = self.inner.call(Request::from(request.map(axum::body::Body::new)));
+        let mut request = Request::from(request.map(axum::body::Body::new));
+        request.extensions_mut().insert(ConnectInfo(self.peer));
+        let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await;
             drop(in_flight);

@@ -64,6 +64,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
         heartbeat: Default::default(),
         limits: Default::default(),
         stage_model: Default::default(),
+        access: Default::default(),
     };
     let mut server = RunningServer::start(config, listener)
         .await
@@ -395,6 +396,7 @@ mod tests {
             heartbeat: Default::default(),
             limits: Default::default(),
             stage_model: Default::default(),
+            access: Default::default(),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = RunningServer::start(config, listener).await.unwrap();

@@ -1,8 +1,10 @@
 //! `GET /api/users/{user_id}/sessions/{session_id}`: a session as JSON,
 //! described field by field in `docs/api.md`.
 //!
-//! Errors are JSON too: 401 for a missing or invalid token, 404 for an
-//! unknown session, each `{"error": "..."}`.
+//! It takes the viewer token from `?token=` without a redirect, for scripts,
+//! or from the viewer cookie that the pages set. Errors are JSON too: 400
+//! for an invalid id, 401 for a missing or invalid token, 404 for an unknown
+//! session, each `{"error": "..."}`.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -16,7 +18,9 @@ use crate::error::AppError;
 pub async fn session(
     State(state): State<AppState>,
     Path((user_id, session_id)): Path<(String, String)>,
-    ViewerToken(token): ViewerToken,
+    viewer: ViewerToken,
 ) -> Result<Json<SessionDocument>, AppError> {
-    load(&state, &user_id, &session_id, token.as_deref()).await.map(Json)
+    load(&state, &user_id, &session_id, viewer.token(&user_id))
+        .await
+        .map(Json)
 }

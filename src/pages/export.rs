@@ -31,7 +31,7 @@ use serde::Serialize;
 use super::{PageError, ViewerToken};
 use crate::app::AppState;
 use crate::error::AppError;
-use crate::payload::{EPOCH_SECONDS, FinalReport};
+use crate::payload::{EPOCH_SECONDS, FinalReport, check_id};
 use crate::report::{history_path, report_path};
 use crate::statistics::{REM, SleepStatistics, Staging, UNKNOWN};
 use crate::trends::{Night, nights};
@@ -68,9 +68,9 @@ pub fn nights_csv_path(user_id: &str) -> String {
 pub async fn epochs_csv(
     State(state): State<AppState>,
     Path((user_id, session_id)): Path<(String, String)>,
-    ViewerToken(token): ViewerToken,
+    viewer: ViewerToken,
 ) -> Result<Response, PageError> {
-    state.authorize_viewer(&user_id, token.as_deref())?;
+    state.authorize_viewer(&user_id, viewer.token(&user_id)).await?;
     let report = load_report(&state, &user_id, &session_id).await?;
     let night = Night::from_report(&report, state.stage_model);
     let staging = state.stage_model.staging(&report.sleep_stages);
@@ -87,9 +87,9 @@ pub async fn epochs_csv(
 pub async fn night_json(
     State(state): State<AppState>,
     Path((user_id, session_id)): Path<(String, String)>,
-    ViewerToken(token): ViewerToken,
+    viewer: ViewerToken,
 ) -> Result<Response, AppError> {
-    state.authorize_viewer(&user_id, token.as_deref())?;
+    state.authorize_viewer(&user_id, viewer.token(&user_id)).await?;
     let report = load_report(&state, &user_id, &session_id).await?;
     let night = Night::from_report(&report, state.stage_model);
     let export = NightExport::new(&report, &night, state.stage_model.staging(&report.sleep_stages));
@@ -107,9 +107,9 @@ pub async fn night_json(
 pub async fn nights_csv(
     State(state): State<AppState>,
     Path(user_id): Path<String>,
-    ViewerToken(token): ViewerToken,
+    viewer: ViewerToken,
 ) -> Result<Response, PageError> {
-    state.authorize_viewer(&user_id, token.as_deref())?;
+    state.authorize_viewer(&user_id, viewer.token(&user_id)).await?;
     let reports = state.store.final_reports(&user_id).await?;
     let nights = nights(&reports, state.stage_model);
     let body = nights_csv_body(&nights).map_err(csv_failed)?;
@@ -117,7 +117,10 @@ pub async fn nights_csv(
     Ok(download(body, CSV_CONTENT_TYPE, &file_name))
 }
 
+/// Loads a session's final report. The lookup is keyed by the user and the
+/// session together, so another user's session id finds nothing.
 async fn load_report(state: &AppState, user_id: &str, session_id: &str) -> Result<FinalReport, AppError> {
+    check_id(session_id, "session_id")?;
     state
         .store
         .final_report(user_id, session_id)

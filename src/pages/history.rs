@@ -10,7 +10,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 
 use super::export::{epochs_csv_path, night_json_path, nights_csv_path};
-use super::{PageError, ViewerToken, error::render_failed, with_token};
+use super::{PageError, ViewerToken, error::render_failed};
 use crate::app::AppState;
 use crate::error::AppError;
 use crate::payload::EPOCH_SECONDS;
@@ -47,8 +47,8 @@ struct NightRow {
 }
 
 impl NightRow {
-    fn new(user_id: &str, entry: &SessionEntry, token: &str) -> Self {
-        let report_href = with_token(&report_path(user_id, &entry.session_id), token);
+    fn new(user_id: &str, entry: &SessionEntry) -> Self {
+        let report_href = report_path(user_id, &entry.session_id);
         let Some(report) = &entry.report else {
             // Before the final report neither the start nor the zone is
             // known, so the row shows when the first results arrived, in UTC.
@@ -86,8 +86,8 @@ impl NightRow {
         Self {
             session_id: entry.session_id.clone(),
             report_href,
-            epochs_csv_href: Some(with_token(&epochs_csv_path(user_id, &entry.session_id), token)),
-            night_json_href: Some(with_token(&night_json_path(user_id, &entry.session_id), token)),
+            epochs_csv_href: Some(epochs_csv_path(user_id, &entry.session_id)),
+            night_json_href: Some(night_json_path(user_id, &entry.session_id)),
             complete: true,
             date: format_date(&report.start_time, zone),
             start: report.start_time.with_timezone(&zone).format("%H:%M %Z").to_string(),
@@ -106,11 +106,8 @@ impl NightRow {
 /// Orders nights by their start, newest first. The storage lists sessions
 /// by the arrival of their first event. A final report names the real
 /// start, which orders a night differently when its first results were lost.
-fn rows(user_id: &str, entries: &[SessionEntry], token: &str) -> Vec<NightRow> {
-    let mut rows: Vec<NightRow> = entries
-        .iter()
-        .map(|entry| NightRow::new(user_id, entry, token))
-        .collect();
+fn rows(user_id: &str, entries: &[SessionEntry]) -> Vec<NightRow> {
+    let mut rows: Vec<NightRow> = entries.iter().map(|entry| NightRow::new(user_id, entry)).collect();
     rows.sort_by_key(|row| std::cmp::Reverse(row.sort_key));
     rows
 }
@@ -135,9 +132,9 @@ struct HistoryPage {
     chart_windows: Vec<ChartWindow>,
     rolling_nights: usize,
     averages: PeriodAverages,
-    /// The period form: where it submits and the viewer token it carries.
+    /// Target of the period form. The form carries no token, because the
+    /// viewer cookie goes with it.
     form_action: String,
-    token: String,
 }
 
 impl HistoryPage {
@@ -186,20 +183,18 @@ impl PeriodQuery {
 pub async fn page(
     State(state): State<AppState>,
     Path(user_id): Path<String>,
-    ViewerToken(token): ViewerToken,
+    viewer: ViewerToken,
     uri: Uri,
 ) -> Result<Html<String>, PageError> {
-    state.authorize_viewer(&user_id, token.as_deref())?;
-    let token = token.unwrap_or_default();
+    state.authorize_viewer(&user_id, viewer.token(&user_id)).await?;
     let query = PeriodQuery::from_uri(&uri)?;
     let entries = state.store.sessions(&user_id).await?;
-    Ok(Html(render(&user_id, &entries, &token, &query, state.stage_model)?))
+    Ok(Html(render(&user_id, &entries, &query, state.stage_model)?))
 }
 
 fn render(
     user_id: &str,
     entries: &[SessionEntry],
-    token: &str,
     query: &PeriodQuery,
     model: StageModel,
 ) -> Result<String, PageError> {
@@ -208,14 +203,13 @@ fn render(
     let period = query.period(latest.unwrap_or_else(|| Utc::now().date_naive()))?;
     let page = HistoryPage {
         user_id: user_id.to_string(),
-        nights: rows(user_id, entries, token),
-        live_href: with_token(&live_path(user_id), token),
-        nights_csv_href: with_token(&nights_csv_path(user_id), token),
+        nights: rows(user_id, entries),
+        live_href: live_path(user_id),
+        nights_csv_href: nights_csv_path(user_id),
         chart_windows: latest.map(|last| chart_windows(&nights, last)).unwrap_or_default(),
         rolling_nights: ROLLING_NIGHTS,
         averages: PeriodAverages::compute(&nights, period),
         form_action: history_path(user_id),
-        token: token.to_string(),
     };
     Ok(page.render().map_err(render_failed)?)
 }
@@ -268,13 +262,13 @@ mod tests {
             entry("in-progress", "2024-01-22T21:00:00Z", None),
             entry("session123", "2024-01-20T22:01:00Z", Some(flat)),
         ];
-        let rows = rows("user123", &entries, "t");
+        let rows = rows("user123", &entries);
         let order: Vec<&str> = rows.iter().map(|row| row.session_id.as_str()).collect();
         assert_eq!(order, ["in-progress", "session123", "older"]);
         assert_eq!(rows[0].start, "first results at 21:00 UTC");
         assert_eq!(rows[0].duration, None);
 
-        let html = render("user123", &entries, "t", &PeriodQuery::default(), StageModel::Automatic).unwrap();
+        let html = render("user123", &entries, &PeriodQuery::default(), StageModel::Automatic).unwrap();
         let positions: Vec<usize> = order
             .iter()
             .map(|id| html.find(&format!(r#"data-session-id="{id}""#)).unwrap())
@@ -286,14 +280,14 @@ mod tests {
     fn night_row_shows_date_duration_and_efficiency() {
         let report = fixture_report("session-enveloped.json", "G-20261101-demo-user-0001");
         let entries = [entry(&report.session_id.clone(), "2026-11-20T14:48:00Z", Some(report))];
-        let row = &rows("G-20261101-demo-user-0001", &entries, "t")[0];
+        let row = &rows("G-20261101-demo-user-0001", &entries)[0];
         assert_eq!(row.date, "Fri 20 Nov 2026");
         assert_eq!(row.start, "23:47 KST");
         assert_eq!(row.duration.as_deref(), Some("7 h 30 min"));
         assert_eq!(row.efficiency.as_deref(), Some("92%"));
         assert_eq!(
             row.report_href,
-            "/users/G-20261101-demo-user-0001/sessions/20261120872578_72109?token=t"
+            "/users/G-20261101-demo-user-0001/sessions/20261120872578_72109"
         );
     }
 
@@ -301,13 +295,13 @@ mod tests {
     fn night_in_progress_shows_length_so_far() {
         let mut in_progress = entry("tonight", "2026-11-20T22:00:00Z", None);
         in_progress.epochs_so_far = Some(120);
-        let row = &rows("u", &[in_progress], "t")[0];
+        let row = &rows("u", &[in_progress])[0];
         assert_eq!(row.duration.as_deref(), Some("1 h so far"));
     }
 
     #[test]
     fn empty_history_is_friendly() {
-        let html = render("nobody", &[], "t", &PeriodQuery::default(), StageModel::Automatic).unwrap();
+        let html = render("nobody", &[], &PeriodQuery::default(), StageModel::Automatic).unwrap();
         assert!(html.contains(r#"id="no-nights""#));
         assert!(!html.contains(r#"id="nights""#));
     }
@@ -317,7 +311,6 @@ mod tests {
         let html = render(
             "<script>alert(1)</script>",
             &[],
-            "t",
             &PeriodQuery::default(),
             StageModel::Automatic,
         )

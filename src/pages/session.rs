@@ -8,11 +8,11 @@ use chrono::{DateTime, FixedOffset, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 
-use super::{PageError, ViewerToken, epochs_csv_path, error::render_failed, night_json_path, with_token};
+use super::{PageError, ViewerToken, epochs_csv_path, error::render_failed, night_json_path};
 use crate::app::AppState;
 use crate::error::AppError;
 use crate::hypnogram::{Hypnogram, Svg};
-use crate::payload::{EPOCH_SECONDS, FinalReport};
+use crate::payload::{EPOCH_SECONDS, FinalReport, check_id};
 use crate::report::{
     AsleepStat, Headline, NightClock, ReportSummary, api_session_path, format_clock, format_date, format_date_time,
     history_path, live_path, parse_zone,
@@ -171,15 +171,18 @@ fn localize(mut statistics: SleepStatistics, zone: Tz) -> SleepStatistics {
     statistics
 }
 
-/// Loads a session after checking the viewer's token, so a request without
-/// a valid token cannot probe which sessions exist.
+/// Loads a session after checking the ids and the viewer's token, so a
+/// request without a valid token cannot probe which sessions exist. The
+/// lookup is keyed by the user and the session together, so pairing one's
+/// own user id with another user's session id finds nothing.
 pub async fn load(
     state: &AppState,
     user_id: &str,
     session_id: &str,
     token: Option<&str>,
 ) -> Result<SessionDocument, AppError> {
-    state.authorize_viewer(user_id, token)?;
+    check_id(session_id, "session_id")?;
+    state.authorize_viewer(user_id, token).await?;
     let events = state
         .store
         .session_events(user_id, session_id)
@@ -221,16 +224,15 @@ struct ReportPage {
 pub async fn page(
     State(state): State<AppState>,
     Path((user_id, session_id)): Path<(String, String)>,
-    ViewerToken(token): ViewerToken,
+    viewer: ViewerToken,
 ) -> Result<Html<String>, PageError> {
-    let document = load(&state, &user_id, &session_id, token.as_deref()).await?;
-    let token = token.unwrap_or_default();
-    let page = ReportPage::new(&document, &token);
+    let document = load(&state, &user_id, &session_id, viewer.token(&user_id)).await?;
+    let page = ReportPage::new(&document);
     Ok(Html(page.render().map_err(render_failed)?))
 }
 
 impl ReportPage {
-    fn new(document: &SessionDocument, token: &str) -> Self {
+    fn new(document: &SessionDocument) -> Self {
         let zone = document.zone();
         let start = document.start_time.map(|start| start.with_timezone(&Utc));
         let clock = document
@@ -287,13 +289,13 @@ impl ReportPage {
                 .map(|end| format_clock(&end, zone)),
             hypnogram,
             summary,
-            history_href: with_token(&history_path(&document.user_id), token),
-            live_href: with_token(&live_path(&document.user_id), token),
-            api_href: with_token(&api_session_path(&document.user_id, &document.session_id), token),
+            history_href: history_path(&document.user_id),
+            live_href: live_path(&document.user_id),
+            api_href: api_session_path(&document.user_id, &document.session_id),
             downloads: document.complete.then(|| {
                 (
-                    with_token(&epochs_csv_path(&document.user_id, &document.session_id), token),
-                    with_token(&night_json_path(&document.user_id, &document.session_id), token),
+                    epochs_csv_path(&document.user_id, &document.session_id),
+                    night_json_path(&document.user_id, &document.session_id),
                 )
             }),
         }
@@ -317,7 +319,7 @@ mod tests {
     }
 
     fn render(report: FinalReport) -> String {
-        ReportPage::new(&document(&report, StageModel::Automatic), "v1.9.token")
+        ReportPage::new(&document(&report, StageModel::Automatic))
             .render()
             .unwrap()
     }
@@ -362,9 +364,9 @@ mod tests {
         assert!(!html.contains(r#"id="stat-missing""#));
         assert!(!html.contains(r#"id="in-progress""#));
         assert!(!html.contains(r#"id="unreliable""#));
-        assert!(html.contains(r#"href="/users/G-20261101-demo-user-0001?token=v1.9.token""#));
+        assert!(html.contains(r#"href="/users/G-20261101-demo-user-0001""#));
         assert!(html.contains(
-            r#"id="epochs-csv-link" href="/users/G-20261101-demo-user-0001/sessions/20261120872578_72109/epochs.csv?token=v1.9.token""#
+            r#"id="epochs-csv-link" href="/users/G-20261101-demo-user-0001/sessions/20261120872578_72109/epochs.csv""#
         ));
         assert!(html.contains(r#"id="night-json-link""#));
         assert!(html.contains(">00:00</text>"), "hour ticks in Asia/Seoul");
@@ -445,7 +447,7 @@ mod tests {
         let document = document(&report, StageModel::TwoStage);
         let statistics = document.statistics.as_ref().unwrap();
         assert_eq!(statistics.time_in_light, None);
-        let html = ReportPage::new(&document, "t").render().unwrap();
+        let html = ReportPage::new(&document).render().unwrap();
         for word in ["Light", "Deep", "REM"] {
             assert!(!html.contains(word), "a two-stage page never says {word}");
         }
@@ -498,9 +500,9 @@ mod tests {
         assert_eq!(statistics.unknown_epochs, 5);
         assert_eq!(document.staging, Staging::TwoStage, "no deep or REM yet");
 
-        let html = ReportPage::new(&document, "t").render().unwrap();
+        let html = ReportPage::new(&document).render().unwrap();
         assert!(html.contains(r#"id="in-progress""#));
-        assert!(html.contains(r#"href="/users/u/live?token=t""#));
+        assert!(html.contains(r#"href="/users/u/live""#));
         assert!(!html.contains("epochs-csv-link"), "no download before the final report");
         assert!(html.contains(r#"class="gap" data-start="20" data-epochs="5""#));
         assert!(html.contains("14:47 UTC (estimated)"));
@@ -517,6 +519,6 @@ mod tests {
         assert!(!html.contains("<script>alert(1)</script>"));
         assert!(!html.contains("<img src=x"));
         assert!(html.contains("&#60;script&#62;alert(1)&#60;/script&#62;"));
-        assert!(html.contains("/users/%3Cscript%3Ealert%281%29%3C%2Fscript%3E?token="));
+        assert!(html.contains(r#"href="/users/%3Cscript%3Ealert%281%29%3C%2Fscript%3E""#));
     }
 }

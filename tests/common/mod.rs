@@ -60,7 +60,7 @@ impl TestServer {
         let server = start_server(config).await;
         Self {
             server,
-            client: reqwest::Client::new(),
+            client: browser_like_client(),
             database,
             folder,
         }
@@ -112,12 +112,25 @@ impl TestServer {
     }
 
     /// Sends a GET request for `path_and_query` and returns the response.
+    /// A page or download opened with a valid `?token=` answers `303` with
+    /// the viewer cookie; this follows that redirect once, presenting the
+    /// cookie, as a browser does, and returns the final response.
     pub async fn get(&self, path_and_query: &str) -> reqwest::Response {
-        self.client
+        let response = self
+            .client
             .get(self.url(path_and_query))
             .send()
             .await
-            .unwrap_or_else(|error| panic!("GET {path_and_query} failed: {error}"))
+            .unwrap_or_else(|error| panic!("GET {path_and_query} failed: {error}"));
+        let Some((location, cookie)) = token_exchange(&response) else {
+            return response;
+        };
+        self.client
+            .get(self.url(&location))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap_or_else(|error| panic!("GET {location}, redirected from {path_and_query}, failed: {error}"))
     }
 
     /// Returns the body of a GET that must succeed with `200 OK`.
@@ -223,6 +236,7 @@ fn test_config(database: &Path) -> ServerConfig {
         heartbeat: Heartbeat::default(),
         limits: Default::default(),
         stage_model: Default::default(),
+        access: Default::default(),
     }
 }
 
@@ -702,4 +716,78 @@ impl DatabaseLock {
             .await
             .expect("closing the locking connection failed");
     }
+}
+
+impl TestServer {
+    /// Starts a server on a fresh, empty database with the test settings
+    /// and the webhook `policy`.
+    pub async fn start_with_webhook_policy(policy: sleep_dashboard::webhook::WebhookPolicy) -> Self {
+        let folder = tempfile::tempdir().expect("creating a temporary folder failed");
+        let database = folder.path().join("events.sqlite3");
+        let guard = sleep_dashboard::webhook::WebhookGuard::new(policy).expect("the test's webhook policy is valid");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding a loopback port failed");
+        let server = RunningServer::start_with_webhook_guard(test_config(&database), guard, listener)
+            .await
+            .unwrap_or_else(|error| panic!("starting the server on {} failed: {error}", database.display()));
+        Self {
+            server,
+            client: browser_like_client(),
+            database,
+            folder,
+        }
+    }
+}
+
+/// Returns an HTTP client that, like a browser, reports redirects to its
+/// caller instead of following them without the cookies they set.
+pub fn browser_like_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("building the HTTP client failed")
+}
+
+/// Returns the `Location` and the `name=value` of the `Set-Cookie` of a
+/// `303` token exchange, or `None` for any other response.
+pub fn token_exchange(response: &reqwest::Response) -> Option<(String, String)> {
+    if response.status() != StatusCode::SEE_OTHER {
+        return None;
+    }
+    let location = response.headers().get("location")?.to_str().ok()?.to_string();
+    let set_cookie = response.headers().get("set-cookie")?.to_str().ok()?;
+    let cookie = set_cookie.split(';').next()?.trim().to_string();
+    Some((location, cookie))
+}
+
+/// Returns a viewer token for `user_id` at token `version`, valid for an hour.
+pub fn viewer_token_at(user_id: &str, version: u64) -> String {
+    let expires_at = chrono::Utc::now().timestamp() + 3600;
+    ViewerKeys::new(SECRET).issue_at(user_id, version, expires_at)
+}
+
+/// Sends `request` as written on a new connection, for requests an HTTP
+/// client would normalize or refuse, and returns the status code and the
+/// whole response. The request should ask for `Connection: close`.
+pub async fn raw_exchange(addr: std::net::SocketAddr, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = TcpStream::connect(addr).await.expect("connecting to the server failed");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("sending the request failed");
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .unwrap_or_else(|_| panic!("the server did not answer and close within {WAIT:?}"))
+        .expect("reading the response failed");
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    (status, response)
 }
