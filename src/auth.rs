@@ -381,13 +381,14 @@ pub enum OriginError {
 }
 
 /// Compares a presented API key with the configured ones in constant time.
-/// Every configured key is compared, so the time taken does not reveal which
-/// key, if any, nearly matched.
+/// Every configured key is compared, and as SHA-256 digests, so the time
+/// taken reveals neither which key nearly matched nor any key's length.
 pub fn api_key_matches(presented: &[u8], configured: &[String]) -> bool {
+    let presented = Sha256::digest(presented);
     configured
         .iter()
         .fold(subtle::Choice::from(0), |found, key| {
-            found | key.as_bytes().ct_eq(presented)
+            found | Sha256::digest(key.as_bytes()).ct_eq(&presented)
         })
         .into()
 }

@@ -346,6 +346,9 @@ fn read_error(error: axum::Error) -> Ending {
             close_code::SIZE,
             "message too big; clients send no messages on this socket",
         )
+    } else if text.contains("Connection reset without closing handshake") {
+        // The client vanished, as a closed laptop does; it broke no rule.
+        return Ending::Left;
     } else if text.starts_with("WebSocket protocol error") {
         (close_code::PROTOCOL, "invalid WebSocket frame")
     } else if text.starts_with("UTF-8 encoding error") {
@@ -572,6 +575,11 @@ mod tests {
             ),
             ("IO error: Connection reset by peer (os error 104)", None),
         ];
+        let reset = "WebSocket protocol error: Connection reset without closing handshake";
+        assert!(
+            matches!(read_error(axum::Error::new(std::io::Error::other(reset))), Ending::Left),
+            "a vanished client is not counted as breaking the protocol"
+        );
         for (text, expected) in cases {
             let code = match read_error(axum::Error::new(std::io::Error::other(text))) {
                 Ending::Close { code, reason, .. } => {
