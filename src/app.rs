@@ -15,6 +15,7 @@ use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -179,6 +180,9 @@ pub struct AppState {
     pub webhook_guard: Arc<WebhookGuard>,
     /// Origins allowed to open the WebSocket, cookie security, admin secret.
     pub access: Arc<AccessConfig>,
+    /// Changes whenever a user's viewer links are revoked, by this process
+    /// or by `sleep-dashboard revoke`, so open sockets check at once.
+    pub revocations: watch::Receiver<i64>,
 }
 
 impl AppState {
@@ -248,6 +252,35 @@ fn security_header(name: HeaderName, value: &'static str) -> SetResponseHeaderLa
     SetResponseHeaderLayer::overriding(name, HeaderValue::from_static(value))
 }
 
+/// How often the database is checked for revocations that `sleep-dashboard
+/// revoke` made from another process.
+const REVOCATION_POLL: Duration = Duration::from_secs(1);
+
+/// Starts a task that polls the database for revocations until shutdown and
+/// returns a receiver that changes with each one.
+async fn watch_revocations(store: Store, shutdown: CancellationToken) -> Result<watch::Receiver<i64>, StorageError> {
+    let (sender, receiver) = watch::channel(store.revocation_count().await?);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(REVOCATION_POLL) => {}
+                () = shutdown.cancelled() => return,
+            }
+            match store.revocation_count().await {
+                Ok(count) => {
+                    sender.send_if_modified(|current| std::mem::replace(current, count) != count);
+                }
+                Err(error) => {
+                    if let Some(suppressed) = crate::warnings::admit("revocation check failed", &error.to_string()) {
+                        tracing::warn!(%error, suppressed, "checking for revoked viewer links failed; retrying");
+                    }
+                }
+            }
+        }
+    });
+    Ok(receiver)
+}
+
 /// Logs a handler's panic and answers it like any internal error.
 fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
     let message = panic
@@ -263,6 +296,9 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     pub state: AppState,
     task: JoinHandle<std::io::Result<()>>,
+    /// Cancelled first on shutdown: the listener closes before anything
+    /// else is told, so no client that sees the shutdown can still connect.
+    stop_accepting: CancellationToken,
 }
 
 impl RunningServer {
@@ -282,12 +318,14 @@ impl RunningServer {
     ) -> Result<Self, StorageError> {
         let store = Store::open(&config.database, config.durability).await?;
         let metrics = Arc::new(Metrics::new());
+        let shutdown = CancellationToken::new();
+        let revocations = watch_revocations(store.clone(), shutdown.clone()).await?;
         let state = AppState {
             rooms: Arc::new(Rooms::new(store.clone(), config.stage_model)),
             store,
             api_keys: Arc::new(config.api_keys),
             viewer_keys: ViewerKeys::new(&config.dashboard_secret),
-            shutdown: CancellationToken::new(),
+            shutdown,
             cut_off: CancellationToken::new(),
             tracker: Arc::new(Tracker::default()),
             viewer_slots: Arc::new(ViewerSlots::new(config.limits)),
@@ -297,11 +335,23 @@ impl RunningServer {
             metrics,
             access: Arc::new(config.access),
             webhook_guard: Arc::new(webhook_guard),
+            revocations,
         };
         let addr = listener.local_addr().map_err(sqlx::Error::Io)?;
         let app = router(state.clone(), config.static_dir);
-        let task = tokio::spawn(connection::accept_loop(listener, app, state.clone()));
-        Ok(Self { addr, state, task })
+        let stop_accepting = CancellationToken::new();
+        let task = tokio::spawn(connection::accept_loop(
+            listener,
+            app,
+            state.clone(),
+            stop_accepting.clone(),
+        ));
+        Ok(Self {
+            addr,
+            state,
+            task,
+            stop_accepting,
+        })
     }
 
     /// Shuts down in order: stops accepting connections, lets in-flight
@@ -310,18 +360,15 @@ impl RunningServer {
     /// database. Returns within about the grace plus [`CUT_OFF_WAIT`].
     pub async fn shutdown(self) {
         let grace = self.state.limits.shutdown_grace;
+        self.stop_accepting.cancel();
+        match self.task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "the accept loop stopped with an error"),
+            Err(error) => tracing::error!(%error, "the accept loop failed"),
+        }
         self.state.shutdown.cancel();
         let tracker = Arc::clone(&self.state.tracker);
-        let task = self.task;
-        let drained = tokio::time::timeout(grace, async {
-            match task.await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::error!(%error, "the accept loop stopped with an error"),
-                Err(error) => tracing::error!(%error, "the accept loop failed"),
-            }
-            tracker.wait_idle().await;
-        })
-        .await;
+        let drained = tokio::time::timeout(grace, tracker.wait_idle()).await;
 
         if drained.is_err() {
             tracing::warn!(

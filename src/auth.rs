@@ -126,8 +126,8 @@ impl ViewerKeys {
         if format != TOKEN_FORMAT {
             return Err(TokenError::Malformed);
         }
-        let version: u64 = version.parse().map_err(|_| TokenError::Malformed)?;
-        let expires_at: i64 = expiry.parse().map_err(|_| TokenError::Malformed)?;
+        let version: u64 = canonical_number(version)?;
+        let expires_at: i64 = canonical_number(expiry)?;
         let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Malformed)?;
 
         // The signature is checked before the expiry, so a forged token learns
@@ -150,6 +150,17 @@ impl ViewerKeys {
         mac.update(&version.to_be_bytes());
         mac.update(&expires_at.to_be_bytes());
         mac
+    }
+}
+
+/// Parses a number of a token exactly as [`ViewerKeys::issue`] writes it,
+/// so each token has one spelling: `00`, `+0` and `01` are malformed.
+fn canonical_number<T: std::str::FromStr + ToString>(text: &str) -> Result<T, TokenError> {
+    let number: T = text.parse().map_err(|_| TokenError::Malformed)?;
+    if number.to_string() == text {
+        Ok(number)
+    } else {
+        Err(TokenError::Malformed)
     }
 }
 
@@ -451,6 +462,20 @@ mod tests {
         assert_eq!(keys.verify("v2.x.2000.abc", "alice", 1_000), Err(TokenError::Malformed));
         assert_eq!(keys.verify("v3.1.2000.abc", "alice", 1_000), Err(TokenError::Malformed));
         assert_eq!(keys.verify("", "alice", 1_000), Err(TokenError::Malformed));
+        // Other spellings of the same numbers are malformed, so a token has
+        // exactly one text.
+        for respelled in [
+            token.replacen(".1.", ".01.", 1),
+            token.replacen(".1.", ".+1.", 1),
+            token.replace("2000", "02000"),
+        ] {
+            assert_eq!(
+                keys.verify(&respelled, "alice", 1_000),
+                Err(TokenError::Malformed),
+                "{respelled}"
+            );
+        }
+        assert!(keys.verify(&token, "alice", 1_000).is_ok());
     }
 
     #[test]

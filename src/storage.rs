@@ -230,6 +230,7 @@ impl Store {
         if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|error| StorageError::Database(sqlx::Error::Io(error)))?;
         }
+        create_private(path).map_err(|error| StorageError::Database(sqlx::Error::Io(error)))?;
         let options = SqliteConnectOptions::from_str("sqlite:")?
             .filename(path)
             .create_if_missing(true)
@@ -474,6 +475,15 @@ impl Store {
         Ok(version.map_or(FIRST_TOKEN_VERSION, |version| version.max(0) as u64))
     }
 
+    /// Returns the sum of every user's token version. Versions only grow, so
+    /// any revocation, by this process or another, raises the sum.
+    pub async fn revocation_count(&self) -> Result<i64, StorageError> {
+        let sum: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(version), 0) FROM viewer_versions")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(sum)
+    }
+
     /// Raises `user_id`'s viewer token version by one, so every link and
     /// cookie issued for the user so far stops working, and returns the new
     /// version.
@@ -626,6 +636,22 @@ async fn record_on(connection: &mut SqliteConnection, event: NewEvent<'_>) -> Re
 /// Closes a writer connection whose transaction failed instead of returning
 /// it to the pool, which opens a fresh one for the next write.
 ///
+/// Creates a new database file readable and writable by its owner only.
+/// SQLite gives the WAL and shared-memory files the same permissions, so
+/// sleep data is not readable by other users of the machine. An existing
+/// file keeps the permissions the operator gave it.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
 /// SQLite rolls a transaction back by itself after some errors, among them
 /// `SQLITE_FULL` and `SQLITE_IOERR`. sqlx 0.8's own `ROLLBACK` then fails and
 /// it keeps counting the transaction as open, so its next `begin` would
@@ -651,5 +677,24 @@ mod tests {
         assert_eq!(sqlite_code_name("13"), "SQLITE_FULL");
         assert_eq!(sqlite_code_name("99"), "SQLite code 99");
         assert_eq!(sqlite_code_name("not a number"), "SQLite code not a number");
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn new_database_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("private.db");
+        let store = Store::open(&path, Durability::Normal).await.unwrap();
+        store.revoke_viewers("u").await.unwrap();
+        for file in ["private.db", "private.db-wal", "private.db-shm"] {
+            let mode = std::fs::metadata(folder.path().join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{file} has mode {:o}", mode & 0o777);
+        }
+        store.close().await;
     }
 }

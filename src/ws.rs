@@ -135,8 +135,9 @@ struct Access {
 }
 
 /// Checks whether the viewer's links were revoked since the socket opened,
-/// which open sockets learn at their next ping. A database that cannot be
-/// read keeps the socket open: the check is repeated at the next ping.
+/// which open sockets learn within a second of any revocation, and again
+/// at every ping. A database that cannot be read keeps the socket open: the
+/// check is repeated at the next ping.
 async fn revoked(state: &AppState, user_id: &str, access: &Access) -> bool {
     matches!(
         state.authorize_viewer(user_id, Some(&access.token)).await,
@@ -256,8 +257,21 @@ async fn relay(state: &AppState, user_id: &str, access: &Access, socket: &mut We
     let link_expiry = tokio::time::sleep(Duration::from_secs(seconds_left));
     tokio::pin!(link_expiry);
 
+    let mut revocations = state.revocations.clone();
+    revocations.mark_unchanged();
+
     loop {
         let outgoing = tokio::select! {
+            Ok(()) = revocations.changed() => {
+                if revoked(state, user_id, access).await {
+                    return Ending::Close {
+                        reason: CloseReason::Expired,
+                        code: close_code::POLICY,
+                        message: "viewer link revoked; ask for a new link",
+                    };
+                }
+                continue;
+            }
             message = receiver.recv() => match message {
                 Ok(text) => Message::Text(text),
                 Err(RecvError::Lagged(missed)) => {

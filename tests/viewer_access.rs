@@ -276,9 +276,11 @@ fn revoke_with_binary(server: &TestServer, user: &str) -> String {
 
 #[tokio::test]
 async fn revoke_invalidates_links_and_cookies() {
+    // Pings far apart, so only the revocation watch can close the open socket
+    // within the wait below.
     let heartbeat = Heartbeat {
-        ping_interval: Duration::from_millis(100),
-        dead_after: Duration::from_secs(5),
+        ping_interval: Duration::from_secs(60),
+        dead_after: Duration::from_secs(120),
     };
     let server = TestServer::start_with(heartbeat).await;
     deliver_night(&server, "alice", "alice-night").await;
@@ -309,7 +311,8 @@ async fn revoke_invalidates_links_and_cookies() {
     let (status, _) = handshake(&server, "alice", Some(token), None, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "the WebSocket after revoke");
 
-    // A socket opened before the revocation closes at its next ping.
+    // A socket opened before the revocation closes within about a second,
+    // long before its next ping.
     let close = tokio::time::timeout(common::WAIT, async {
         loop {
             match open_socket.next().await {

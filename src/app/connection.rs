@@ -29,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::{AppState, Limits};
 
@@ -36,9 +37,14 @@ use super::{AppState, Limits};
 /// the loop neither spins nor floods the log while the cause persists.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
-/// Accepts connections until shutdown begins, then drops the listener so
-/// new connections are refused while the open ones drain.
-pub(super) async fn accept_loop(listener: TcpListener, router: Router, state: AppState) -> io::Result<()> {
+/// Accepts connections until `stop_accepting` is cancelled, then drops the
+/// listener so new connections are refused while the open ones drain.
+pub(super) async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+    stop_accepting: CancellationToken,
+) -> io::Result<()> {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -48,7 +54,7 @@ pub(super) async fn accept_loop(listener: TcpListener, router: Router, state: Ap
 
     loop {
         let (stream, peer) = tokio::select! {
-            () = state.shutdown.cancelled() => break,
+            () = stop_accepting.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 // The client gave up between its SYN and our accept.
