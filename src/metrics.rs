@@ -15,6 +15,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::payload::{INFERENCE_COMPLETE, SESSION_COMPLETE};
+use crate::storage::MAX_BATCH;
 
 /// The media type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -122,8 +123,12 @@ pub struct Metrics {
     pub webhooks: Family<WebhookLabels, Counter>,
     /// Seconds from a webhook request's arrival to its answer.
     pub webhook_seconds: Histogram,
-    /// Seconds one delivery's database commit took.
+    /// Seconds from queueing one delivery for the database writer to the
+    /// commit or failure of the transaction that contains it.
     pub commit_seconds: Histogram,
+    /// Deliveries per committed database transaction, observed once per
+    /// transaction. Concurrent deliveries share a transaction and its commit.
+    pub batch_size: Histogram,
     /// Open viewer WebSockets.
     pub ws_connections: Gauge,
     /// Rooms in memory: users with at least one viewer.
@@ -155,8 +160,15 @@ impl Metrics {
         let commit_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
         registry.register(
             "database_commit_seconds",
-            "Seconds one delivery's database commit took",
+            "Seconds a delivery waited for and spent in its database commit",
             commit_seconds.clone(),
+        );
+        // 1 delivery to the storage's batch limit in doublings.
+        let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, MAX_BATCH.ilog2() as u16 + 1));
+        registry.register(
+            "database_batch_size",
+            "Deliveries per committed database transaction",
+            batch_size.clone(),
         );
         let ws_connections = Gauge::default();
         registry.register(
@@ -183,6 +195,7 @@ impl Metrics {
             webhooks,
             webhook_seconds,
             commit_seconds,
+            batch_size,
             ws_connections,
             rooms,
             lag_snapshots,
@@ -226,6 +239,7 @@ mod tests {
         assert!(text.contains(r#"sleep_dashboard_webhooks_total{event="other",outcome="ignored"} 1"#));
         assert!(text.contains(r#"sleep_dashboard_websocket_closed_total{reason="dead"} 1"#));
         assert!(text.contains("# TYPE sleep_dashboard_webhook_seconds histogram"));
+        assert!(text.contains("# TYPE sleep_dashboard_database_batch_size histogram"));
         assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -1,29 +1,36 @@
 //! Storage: the raw event log and the session index in an embedded SQLite
 //! database.
 //!
-//! Every delivery is committed before the webhook responds. SQLite runs in
-//! WAL mode. With `synchronous=FULL` (the default) a commit also survives
-//! power loss. With `NORMAL` it survives a crash of this process, but the last
-//! commits may be lost if the machine loses power.
+//! Every delivery is committed before the webhook responds. All writes run
+//! on one OS thread that owns the only write connection, through rusqlite
+//! (see `storage/writer.rs`), and deliveries that arrive together share one
+//! transaction and one commit. Reads go through a pool of read-only sqlx
+//! connections beside it.
+//!
+//! SQLite runs in WAL mode. With `synchronous=FULL` (the default) a commit
+//! also survives power loss. With `NORMAL` it survives a crash of this
+//! process, but the last commits may be lost if the machine loses power.
 //!
 //! Idempotency rests on two partial unique indexes rather than a
 //! read-then-write check, so concurrent repeats of one delivery cannot both be
 //! stored.
 
+mod checkpointer;
+mod write_connection;
+mod writer;
+
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
-use sqlx::pool::PoolConnection;
-use sqlx::sqlite::{
-    Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{ConnectOptions, Connection, Row};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, Row};
 
 use crate::payload::{FinalReport, INFERENCE_COMPLETE, InferenceResult, SESSION_COMPLETE};
+
+pub use writer::MAX_BATCH;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS events (
@@ -76,12 +83,13 @@ pub const FIRST_TOKEN_VERSION: u64 = 0;
 /// How long a write waits for a lock that another process holds (the
 /// `sqlite3` shell, a backup tool) before it fails and the webhook responds
 /// with 503. Writes of this process never wait for each other here,
-/// because they share one connection.
+/// because one thread runs them all on one connection.
 pub const WRITE_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// How long a write waits for the one writer connection. With
-/// [`WRITE_BUSY_TIMEOUT`] it bounds a delivery's time in the database to
-/// 3 seconds, within the 5 seconds Asleep advises for a response.
+/// How long a write waits in the queue of the writer thread before the
+/// thread starts it. With [`WRITE_BUSY_TIMEOUT`] it bounds a delivery's time
+/// in the database to about 3 seconds, within the 5 seconds Asleep advises
+/// for a response.
 pub const WRITE_QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a read waits for a lock. Readers in WAL mode wait only while
@@ -100,42 +108,75 @@ const READINESS_RESERVE_BYTES: i64 = 256 * 1024;
 /// A storage failure. The webhook turns it into 503 so Asleep delivers again.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
+    /// An error from sqlx, which runs the reads.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// A failure of the write connection.
+    #[error("database error: {0}")]
+    Write(#[from] rusqlite::Error),
+    /// A write that the writer thread did not start within
+    /// [`WRITE_QUEUE_TIMEOUT`].
+    #[error("timed out waiting for the database writer")]
+    QueueTimedOut,
+    /// A write after [`Store::close`], or after the writer thread ended
+    /// unexpectedly.
+    #[error("the database writer has stopped")]
+    WriterStopped,
+    #[error("creating the database file failed: {0}")]
+    CreateFile(std::io::Error),
+    #[error("starting the database writer thread failed: {0}")]
+    StartWriter(std::io::Error),
     #[error("stored event {id} holds invalid JSON: {source}")]
     Corrupt { id: i64, source: serde_json::Error },
+    /// The failure of a transaction that contained several deliveries,
+    /// given to each one whose deadline passed before it could be retried
+    /// alone.
+    #[error("{0}")]
+    Shared(Arc<StorageError>),
 }
 
 impl StorageError {
     /// Returns a short, stable name of the failure, such as `SQLITE_BUSY` or
-    /// `pool timed out`, that groups repeats of one problem in logs.
+    /// `write queue timed out`, that groups repeats of one problem in logs.
     pub fn kind(&self) -> String {
         match self {
             StorageError::Database(sqlx::Error::Database(error)) => match error.code() {
-                Some(code) => sqlite_code_name(&code),
+                Some(code) => match code.parse::<i64>() {
+                    Ok(code) => sqlite_code_name(code),
+                    Err(_) => format!("SQLite code {code}"),
+                },
                 None => "database error".to_string(),
             },
             StorageError::Database(sqlx::Error::PoolTimedOut) => "pool timed out".to_string(),
             StorageError::Database(sqlx::Error::PoolClosed) => "pool closed".to_string(),
             StorageError::Database(sqlx::Error::Io(error)) => format!("I/O error {:?}", error.kind()),
             StorageError::Database(_) => "database error".to_string(),
+            StorageError::Write(rusqlite::Error::SqliteFailure(error, _)) => {
+                sqlite_code_name(i64::from(error.extended_code))
+            }
+            StorageError::Write(_) => "database error".to_string(),
+            StorageError::QueueTimedOut => "write queue timed out".to_string(),
+            StorageError::WriterStopped => "writer stopped".to_string(),
+            StorageError::CreateFile(error) | StorageError::StartWriter(error) => {
+                format!("I/O error {:?}", error.kind())
+            }
             StorageError::Corrupt { .. } => "corrupt event".to_string(),
+            StorageError::Shared(cause) => cause.kind(),
         }
     }
 }
 
 /// Names a SQLite result code, extended or primary, by its primary code's
 /// constant from the SQLite documentation.
-fn sqlite_code_name(code: &str) -> String {
-    let primary = code.parse::<i64>().map(|code| code & 0xff);
-    let name = match primary {
-        Ok(5) => "SQLITE_BUSY",
-        Ok(6) => "SQLITE_LOCKED",
-        Ok(8) => "SQLITE_READONLY",
-        Ok(10) => "SQLITE_IOERR",
-        Ok(11) => "SQLITE_CORRUPT",
-        Ok(13) => "SQLITE_FULL",
-        Ok(14) => "SQLITE_CANTOPEN",
+fn sqlite_code_name(code: i64) -> String {
+    let name = match code & 0xff {
+        5 => "SQLITE_BUSY",
+        6 => "SQLITE_LOCKED",
+        8 => "SQLITE_READONLY",
+        10 => "SQLITE_IOERR",
+        11 => "SQLITE_CORRUPT",
+        13 => "SQLITE_FULL",
+        14 => "SQLITE_CANTOPEN",
         _ => return format!("SQLite code {code}"),
     };
     name.to_string()
@@ -172,6 +213,16 @@ pub enum Recorded {
     Duplicate { existing: Option<String> },
 }
 
+/// Outcome of [`Store::record`], with the transaction that committed it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    pub recorded: Recorded,
+    /// The number of deliveries the transaction committed, set on its first
+    /// delivery only, so that observing it per delivery counts each
+    /// transaction once.
+    pub batch_size: Option<usize>,
+}
+
 /// A session of a user, as listed on the history page.
 #[derive(Debug, Clone)]
 pub struct SessionEntry {
@@ -202,19 +253,16 @@ pub struct SessionEvents {
     pub report: Option<FinalReport>,
 }
 
-/// The database: one writer connection, because SQLite serializes writers
-/// anyway and a single connection avoids `SQLITE_BUSY` between them, and a
-/// pool of readers that WAL mode lets run beside it.
+/// The database: one writer thread with the only write connection, because
+/// SQLite serializes writers anyway and a single connection avoids
+/// `SQLITE_BUSY` between them, and a pool of readers that WAL mode lets run
+/// beside it.
 #[derive(Clone)]
 pub struct Store {
-    writer: SqlitePool,
+    /// The queue of the writer thread, which runs every write and commits
+    /// deliveries in batches.
+    writer: writer::Writer,
     reader: SqlitePool,
-    /// The cap set with [`Store::set_max_page_count`], zero when there is
-    /// none. `max_page_count` is a setting of the connection, not of the
-    /// file, so every new writer connection applies it again.
-    max_page_count: Arc<AtomicU32>,
-    /// SQLite's own limit, restored when the cap is lifted.
-    default_max_page_count: u32,
     /// When the last readiness check ran and its outcome. The lock also makes
     /// concurrent checks wait for one probe instead of each running their own.
     readiness: Arc<tokio::sync::Mutex<Option<WriteCheck>>>,
@@ -227,53 +275,38 @@ impl Store {
     /// Opens the database at `path`, creating the file, its folder and the
     /// schema on first start.
     pub async fn open(path: &Path, durability: Durability) -> Result<Self, StorageError> {
-        if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|error| StorageError::Database(sqlx::Error::Io(error)))?;
-        }
-        create_private(path).map_err(|error| StorageError::Database(sqlx::Error::Io(error)))?;
+        // The writer thread creates the file and the schema before the
+        // readers open it.
+        let writer = writer::Writer::start(path.to_path_buf(), durability).await?;
+
         let options = SqliteConnectOptions::from_str("sqlite:")?
             .filename(path)
-            .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(match durability {
                 Durability::Full => SqliteSynchronous::Full,
                 Durability::Normal => SqliteSynchronous::Normal,
             })
             .foreign_keys(true)
+            .busy_timeout(READ_BUSY_TIMEOUT)
+            .read_only(true)
             // A statement slowed by a lock is reported by the 503 it causes,
             // logged once per interval; sqlx would warn on every one.
             .log_slow_statements(log::LevelFilter::Debug, std::time::Duration::from_secs(1));
-
-        let max_page_count = Arc::new(AtomicU32::new(0));
-        let cap = Arc::clone(&max_page_count);
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(WRITE_QUEUE_TIMEOUT)
-            .after_connect(move |connection, _| {
-                let pages = cap.load(Ordering::SeqCst);
-                Box::pin(async move {
-                    if pages > 0 {
-                        sqlx::query(&format!("PRAGMA max_page_count = {pages}"))
-                            .execute(connection)
-                            .await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(options.clone().busy_timeout(WRITE_BUSY_TIMEOUT))
-            .await?;
-        sqlx::raw_sql(SCHEMA).execute(&writer).await?;
-        let default_max_page_count: i64 = sqlx::query_scalar("PRAGMA max_page_count").fetch_one(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options.busy_timeout(READ_BUSY_TIMEOUT).read_only(true))
-            .await?;
+            .connect_with(options)
+            .await;
+        let reader = match reader {
+            Ok(reader) => reader,
+            Err(error) => {
+                writer.close().await;
+                return Err(error.into());
+            }
+        };
         Ok(Self {
             writer,
             reader,
-            max_page_count,
-            default_max_page_count: u32::try_from(default_max_page_count).unwrap_or(u32::MAX),
             readiness: Arc::default(),
         })
     }
@@ -297,17 +330,8 @@ impl Store {
         {
             return outcome.clone();
         }
-        let outcome = self.probe_write().await.map_err(Arc::new);
+        let outcome = self.writer.probe_write().await.map_err(Arc::new);
         *last = Some((Instant::now(), outcome.clone()));
-        outcome
-    }
-
-    async fn probe_write(&self) -> Result<(), StorageError> {
-        let mut connection = self.writer.acquire().await?;
-        let outcome = probe_write_on(&mut connection).await;
-        if outcome.is_err() {
-            discard_after_failure(&mut connection);
-        }
         outcome
     }
 
@@ -320,30 +344,25 @@ impl Store {
     /// disk, and the webhook responds with 503. Fault tests use it to fill the
     /// database without filling a disk. An operator can use it to stop
     /// intake before the disk runs out. The cap lasts until it is lifted or
-    /// the process exits.
+    /// the process exits, also when the write connection is reopened after
+    /// a failure.
     pub async fn set_max_page_count(&self, pages: Option<u32>) -> Result<u32, StorageError> {
-        let requested = pages.unwrap_or(self.default_max_page_count);
-        // Holding the only writer connection keeps a reconnect from applying
-        // an outdated cap between the two steps.
-        let mut connection = self.writer.acquire().await?;
-        let in_effect: i64 = sqlx::query_scalar(&format!("PRAGMA max_page_count = {requested}"))
-            .fetch_one(&mut *connection)
-            .await?;
-        let in_effect = u32::try_from(in_effect).unwrap_or(u32::MAX);
-        self.max_page_count
-            .store(if pages.is_some() { in_effect } else { 0 }, Ordering::SeqCst);
-        Ok(in_effect)
+        self.writer.set_max_page_count(pages).await
     }
 
     /// Commits one delivery, or reports it as a duplicate of one already
-    /// stored under the same idempotency key.
-    pub async fn record(&self, event: NewEvent<'_>) -> Result<Recorded, StorageError> {
-        let mut connection = self.writer.acquire().await?;
-        let outcome = record_on(&mut connection, event).await;
-        if outcome.is_err() {
-            discard_after_failure(&mut connection);
-        }
-        outcome
+    /// stored under the same idempotency key. Returns only after the
+    /// transaction that contains the delivery has committed or failed.
+    ///
+    /// The delivery may share its transaction with others recorded at the
+    /// same time. Each one is then stored or found a duplicate just as if
+    /// they had been committed one after the other, in the order they were
+    /// queued. A delivery whose transaction cannot start within
+    /// [`WRITE_QUEUE_TIMEOUT`] fails with [`StorageError::QueueTimedOut`],
+    /// or with the error of the failed batch it was in. After
+    /// [`Store::close`], `record` fails with [`StorageError::WriterStopped`].
+    pub async fn record(&self, event: NewEvent<'_>) -> Result<Committed, StorageError> {
+        self.writer.record(event).await
     }
 
     /// Returns the session whose first event arrived last: the user's current
@@ -488,22 +507,7 @@ impl Store {
     /// cookie issued for the user so far stops working, and returns the new
     /// version.
     pub async fn revoke_viewers(&self, user_id: &str) -> Result<u64, StorageError> {
-        let mut connection = self.writer.acquire().await?;
-        let outcome = sqlx::query_scalar::<_, i64>(
-            "INSERT INTO viewer_versions (user_id, version, revoked_at_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT (user_id) DO UPDATE SET
-                 version = version + 1, revoked_at_ms = excluded.revoked_at_ms
-             RETURNING version",
-        )
-        .bind(user_id)
-        .bind(FIRST_TOKEN_VERSION as i64 + 1)
-        .bind(chrono::Utc::now().timestamp_millis())
-        .fetch_one(&mut *connection)
-        .await;
-        if outcome.is_err() {
-            discard_after_failure(&mut connection);
-        }
-        Ok(outcome?.max(0) as u64)
+        self.writer.revoke_viewers(user_id).await
     }
 
     /// Lists the sessions that have results but no final report and whose
@@ -536,129 +540,12 @@ impl Store {
             .await?)
     }
 
-    /// Closes both pools, waiting for the writer to finish its transaction.
+    /// Stops taking writes, waits until the queued ones are committed or
+    /// have failed, ends the writer thread and closes the reader pool.
     pub async fn close(&self) {
         self.writer.close().await;
         self.reader.close().await;
     }
-}
-
-/// Runs [`Store::check_writable`]'s probe on the writer connection.
-async fn probe_write_on(connection: &mut SqliteConnection) -> Result<(), StorageError> {
-    let mut transaction = connection.begin_with("BEGIN IMMEDIATE").await?;
-
-    // Growing the row inside a savepoint allocates pages, which fails at
-    // the page cap, and rolling back to it leaves the file as it was.
-    sqlx::query("SAVEPOINT reserve").execute(&mut *transaction).await?;
-    sqlx::query(
-        "INSERT INTO readiness (id, checked_at_ms, reserve) VALUES (1, 0, zeroblob(?))
-         ON CONFLICT (id) DO UPDATE SET reserve = excluded.reserve",
-    )
-    .bind(READINESS_RESERVE_BYTES)
-    .execute(&mut *transaction)
-    .await?;
-    sqlx::query("ROLLBACK TO reserve").execute(&mut *transaction).await?;
-    sqlx::query("RELEASE reserve").execute(&mut *transaction).await?;
-
-    sqlx::query(
-        "INSERT INTO readiness (id, checked_at_ms) VALUES (1, ?)
-         ON CONFLICT (id) DO UPDATE SET checked_at_ms = excluded.checked_at_ms",
-    )
-    .bind(chrono::Utc::now().timestamp_millis())
-    .execute(&mut *transaction)
-    .await?;
-    transaction.commit().await?;
-    Ok(())
-}
-
-/// Runs [`Store::record`]'s transaction on the writer connection.
-async fn record_on(connection: &mut SqliteConnection, event: NewEvent<'_>) -> Result<Recorded, StorageError> {
-    let mut transaction = connection.begin().await?;
-
-    let inserted = sqlx::query(
-        "INSERT INTO events (received_at_ms, event, user_id, session_id, seq_num, body, normalized)
-         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-    )
-    .bind(event.received_at_ms)
-    .bind(event.event)
-    .bind(event.user_id)
-    .bind(event.session_id)
-    .bind(event.seq_num.map(i64::from))
-    .bind(event.body)
-    .bind(event.normalized)
-    .execute(&mut *transaction)
-    .await?
-    .rows_affected();
-
-    if inserted == 0 {
-        let existing: Option<String> = sqlx::query_scalar(
-            "SELECT normalized FROM events
-             WHERE user_id = ? AND session_id = ? AND event = ? AND seq_num IS ?",
-        )
-        .bind(event.user_id)
-        .bind(event.session_id)
-        .bind(event.event)
-        .bind(if event.event == SESSION_COMPLETE {
-            None
-        } else {
-            event.seq_num.map(i64::from)
-        })
-        .fetch_optional(&mut *transaction)
-        .await?
-        .flatten();
-        transaction.rollback().await?;
-        return Ok(Recorded::Duplicate { existing });
-    }
-
-    let mut session_first_seen_ms = None;
-    if let Some(session_id) = event.session_id {
-        let first_seen: i64 = sqlx::query_scalar(
-            "INSERT INTO sessions (user_id, session_id, first_seen_ms, last_seen_ms, complete)
-             VALUES (?1, ?2, ?3, ?3, ?4)
-             ON CONFLICT (user_id, session_id) DO UPDATE SET
-                 last_seen_ms = max(last_seen_ms, excluded.last_seen_ms),
-                 complete = max(complete, excluded.complete)
-             RETURNING first_seen_ms",
-        )
-        .bind(event.user_id)
-        .bind(session_id)
-        .bind(event.received_at_ms)
-        .bind(event.event == SESSION_COMPLETE)
-        .fetch_one(&mut *transaction)
-        .await?;
-        session_first_seen_ms = Some(first_seen);
-    }
-
-    transaction.commit().await?;
-    Ok(Recorded::Stored { session_first_seen_ms })
-}
-
-/// Closes a writer connection whose transaction failed instead of returning
-/// it to the pool, which opens a fresh one for the next write.
-///
-/// Creates a new database file readable and writable by its owner only.
-/// SQLite gives the WAL and shared-memory files the same permissions, so
-/// sleep data is not readable by other users of the machine. An existing
-/// file keeps the permissions the operator gave it.
-fn create_private(path: &Path) -> std::io::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(path) {
-        Ok(_) => Ok(()),
-        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(error) => Err(error),
-    }
-}
-
-/// SQLite rolls a transaction back by itself after some errors, among them
-/// `SQLITE_FULL` and `SQLITE_IOERR`. sqlx 0.8's own `ROLLBACK` then fails and
-/// it keeps counting the transaction as open, so its next `begin` would
-/// issue a `SAVEPOINT` that a later rollback leaves open, and every write
-/// after that would stay uncommitted.
-fn discard_after_failure(connection: &mut PoolConnection<Sqlite>) {
-    connection.close_on_drop();
 }
 
 fn decode<T: DeserializeOwned>(id: i64, normalized: &str) -> Result<T, StorageError> {
@@ -667,16 +554,34 @@ fn decode<T: DeserializeOwned>(id: i64, normalized: &str) -> Result<T, StorageEr
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     #[test]
     fn sqlite_codes_are_named_by_primary_code() {
-        assert_eq!(sqlite_code_name("5"), "SQLITE_BUSY");
+        assert_eq!(sqlite_code_name(5), "SQLITE_BUSY");
         // SQLITE_BUSY_SNAPSHOT is 5 | (2 << 8).
-        assert_eq!(sqlite_code_name("517"), "SQLITE_BUSY");
-        assert_eq!(sqlite_code_name("13"), "SQLITE_FULL");
-        assert_eq!(sqlite_code_name("99"), "SQLite code 99");
-        assert_eq!(sqlite_code_name("not a number"), "SQLite code not a number");
+        assert_eq!(sqlite_code_name(517), "SQLITE_BUSY");
+        assert_eq!(sqlite_code_name(13), "SQLITE_FULL");
+        assert_eq!(sqlite_code_name(99), "SQLite code 99");
+    }
+
+    #[test]
+    fn write_errors_are_named_by_primary_code() {
+        let failure = |code| StorageError::Write(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None));
+        // SQLITE_IOERR_FSYNC is 10 | (4 << 8).
+        assert_eq!(failure(1034).kind(), "SQLITE_IOERR");
+        assert_eq!(failure(13).kind(), "SQLITE_FULL");
+        assert_eq!(
+            StorageError::Shared(Arc::new(failure(5))).kind(),
+            "SQLITE_BUSY",
+            "a batch's failure keeps its name"
+        );
+        assert_eq!(
+            StorageError::Write(rusqlite::Error::QueryReturnedNoRows).kind(),
+            "database error"
+        );
     }
 
     #[cfg(unix)]
@@ -695,6 +600,302 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600, "{file} has mode {:o}", mode & 0o777);
         }
+        store.close().await;
+    }
+
+    /// The user of every delivery in the batch tests.
+    const BATCH_USER: &str = "batch-user";
+
+    /// A delivery for the batch tests, owned so that a spawned task can
+    /// record it. Its body doubles as its validated payload.
+    #[derive(Debug, Clone)]
+    struct Delivery {
+        event: &'static str,
+        session_id: String,
+        seq_num: Option<u32>,
+        received_at_ms: i64,
+        body: String,
+    }
+
+    fn result(session_id: &str, seq_num: u32, body: String) -> Delivery {
+        Delivery {
+            event: INFERENCE_COMPLETE,
+            session_id: session_id.to_string(),
+            seq_num: Some(seq_num),
+            received_at_ms: 1_000 + i64::from(seq_num),
+            body,
+        }
+    }
+
+    fn final_report(session_id: &str, body: String) -> Delivery {
+        Delivery {
+            event: SESSION_COMPLETE,
+            session_id: session_id.to_string(),
+            seq_num: None,
+            received_at_ms: 9_000,
+            body,
+        }
+    }
+
+    async fn record(store: &Store, delivery: &Delivery) -> Result<Committed, StorageError> {
+        store
+            .record(NewEvent {
+                received_at_ms: delivery.received_at_ms,
+                event: delivery.event,
+                user_id: BATCH_USER,
+                session_id: Some(&delivery.session_id),
+                seq_num: delivery.seq_num,
+                body: &delivery.body,
+                normalized: Some(&delivery.body),
+            })
+            .await
+    }
+
+    /// Records each delivery in its own task, all at once.
+    fn spawn_records(
+        store: &Store,
+        deliveries: &[Delivery],
+    ) -> Vec<tokio::task::JoinHandle<Result<Committed, StorageError>>> {
+        deliveries
+            .iter()
+            .map(|delivery| {
+                let (store, delivery) = (store.clone(), delivery.clone());
+                tokio::spawn(async move { record(&store, &delivery).await })
+            })
+            .collect()
+    }
+
+    /// Waits until at least `count` deliveries wait in the write queue.
+    async fn wait_until_queued(store: &Store, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while store.writer.queued() < count {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {count} deliveries were queued",
+                store.writer.queued()
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Records `deliveries` concurrently in one batch, and returns their
+    /// outcomes in the same order. The test keeps the writer thread paused
+    /// until every delivery waits in the queue, so the thread takes them all
+    /// at once.
+    async fn record_in_one_batch(store: &Store, deliveries: &[Delivery]) -> Vec<Result<Committed, StorageError>> {
+        let paused = store.writer.pause().await;
+        let tasks = spawn_records(store, deliveries);
+        wait_until_queued(store, deliveries.len()).await;
+        drop(paused);
+
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.unwrap());
+        }
+        outcomes
+    }
+
+    async fn open_store(folder: &tempfile::TempDir) -> Store {
+        Store::open(&folder.path().join("batch.db"), Durability::Normal)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn concurrent_records_are_all_stored() {
+        let folder = tempfile::tempdir().unwrap();
+        let store = open_store(&folder).await;
+
+        let deliveries: Vec<Delivery> = (0..100)
+            .map(|seq_num| result("night", seq_num, format!(r#"{{"seq_num":{seq_num}}}"#)))
+            .collect();
+        let outcomes = record_in_one_batch(&store, &deliveries).await;
+        let mut first_seen = BTreeSet::new();
+        for (delivery, outcome) in deliveries.iter().zip(&outcomes) {
+            match outcome {
+                Ok(Committed {
+                    recorded: Recorded::Stored { session_first_seen_ms },
+                    ..
+                }) => first_seen.insert(*session_first_seen_ms),
+                other => panic!("{delivery:?} was not stored: {other:?}"),
+            };
+        }
+        assert_eq!(first_seen.len(), 1, "one session, one first arrival: {first_seen:?}");
+        let batch_sizes: Vec<usize> = outcomes
+            .iter()
+            .filter_map(|outcome| outcome.as_ref().unwrap().batch_size)
+            .collect();
+        assert_eq!(batch_sizes, [100], "the 100 deliveries were not one transaction");
+        assert_eq!(store.event_count().await.unwrap(), 100);
+
+        // Without a pause, batches form as deliveries arrive. Every
+        // delivery is still stored and counted in exactly one batch.
+        let deliveries: Vec<Delivery> = (100..164)
+            .map(|seq_num| result("night", seq_num, format!(r#"{{"seq_num":{seq_num}}}"#)))
+            .collect();
+        let mut committed = 0;
+        for task in spawn_records(&store, &deliveries) {
+            let outcome = task.await.unwrap().unwrap();
+            assert!(matches!(outcome.recorded, Recorded::Stored { .. }), "{outcome:?}");
+            committed += outcome.batch_size.unwrap_or(0);
+        }
+        assert_eq!(committed, 64);
+        assert_eq!(store.event_count().await.unwrap(), 164);
+        store.close().await;
+    }
+
+    /// Asserts that of two deliveries with one idempotency key in one batch,
+    /// one was stored and the other is a duplicate of it.
+    fn assert_one_stored(deliveries: [&Delivery; 2], outcomes: [&Committed; 2]) {
+        let stored: Vec<usize> = (0..2)
+            .filter(|&index| matches!(outcomes[index].recorded, Recorded::Stored { .. }))
+            .collect();
+        assert_eq!(stored.len(), 1, "{outcomes:?}");
+        let (stored, repeat) = (stored[0], 1 - stored[0]);
+        assert_eq!(
+            outcomes[repeat].recorded,
+            Recorded::Duplicate {
+                existing: Some(deliveries[stored].body.clone())
+            },
+            "the repeat does not return the stored payload"
+        );
+    }
+
+    #[tokio::test]
+    async fn duplicates_in_one_batch_behave_sequentially() {
+        let folder = tempfile::tempdir().unwrap();
+        let store = open_store(&folder).await;
+        let deliveries = [
+            result("night", 0, r#"{"copy":"first"}"#.to_string()),
+            result("night", 0, r#"{"copy":"second"}"#.to_string()),
+            final_report("night", r#"{"report":"first"}"#.to_string()),
+            result("night", 1, r#"{"copy":"only"}"#.to_string()),
+            final_report("night", r#"{"report":"second"}"#.to_string()),
+        ];
+
+        let outcomes: Vec<Committed> = record_in_one_batch(&store, &deliveries)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let batch_sizes: Vec<usize> = outcomes.iter().filter_map(|outcome| outcome.batch_size).collect();
+        assert_eq!(batch_sizes, [5], "the deliveries were not one transaction");
+        assert_one_stored([&deliveries[0], &deliveries[1]], [&outcomes[0], &outcomes[1]]);
+        assert_one_stored([&deliveries[2], &deliveries[4]], [&outcomes[2], &outcomes[4]]);
+        assert!(
+            matches!(outcomes[3].recorded, Recorded::Stored { .. }),
+            "{:?}",
+            outcomes[3]
+        );
+        assert_eq!(store.event_count().await.unwrap(), 3);
+        assert_eq!(
+            store.open_sessions(0).await.unwrap(),
+            [],
+            "the stored final report did not complete the session"
+        );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn failing_delivery_does_not_fail_its_batch() {
+        let folder = tempfile::tempdir().unwrap();
+        let store = open_store(&folder).await;
+        // SQLite never sets the cap below the current size, so a cap of one
+        // page returns that size. 32 pages more leave 128 KiB of room.
+        let size = store.set_max_page_count(Some(1)).await.unwrap();
+        store.set_max_page_count(Some(size + 32)).await.unwrap();
+
+        let mut deliveries: Vec<Delivery> = (0..10)
+            .map(|seq_num| result("night", seq_num, format!(r#"{{"seq_num":{seq_num}}}"#)))
+            .collect();
+        let too_large = result("night", 99, format!(r#"{{"padding":"{}"}}"#, "x".repeat(512 * 1024)));
+        deliveries.insert(5, too_large.clone());
+
+        let outcomes = record_in_one_batch(&store, &deliveries).await;
+        for (delivery, outcome) in deliveries.iter().zip(&outcomes) {
+            if delivery.seq_num == Some(99) {
+                let error = outcome.as_ref().expect_err("a delivery past the page cap was stored");
+                assert_eq!(error.kind(), "SQLITE_FULL", "{error}");
+            } else {
+                let committed = outcome
+                    .as_ref()
+                    .unwrap_or_else(|error| panic!("{delivery:?} failed with the batch: {error}"));
+                assert!(matches!(committed.recorded, Recorded::Stored { .. }), "{committed:?}");
+                assert_eq!(committed.batch_size, Some(1), "not retried in its own transaction");
+            }
+        }
+        assert_eq!(store.event_count().await.unwrap(), 10);
+
+        // The failed transactions left the connection outside any
+        // transaction; the next one commits.
+        store.set_max_page_count(None).await.unwrap();
+        let committed = record(&store, &too_large).await.unwrap();
+        assert!(matches!(committed.recorded, Recorded::Stored { .. }), "{committed:?}");
+        assert_eq!(store.event_count().await.unwrap(), 11);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn close_finishes_queued_deliveries() {
+        let folder = tempfile::tempdir().unwrap();
+        let store = open_store(&folder).await;
+        let deliveries: Vec<Delivery> = (0..5)
+            .map(|seq_num| result("night", seq_num, format!(r#"{{"seq_num":{seq_num}}}"#)))
+            .collect();
+
+        let paused = store.writer.pause().await;
+        let tasks = spawn_records(&store, &deliveries);
+        wait_until_queued(&store, deliveries.len()).await;
+        let closing = tokio::spawn({
+            let store = store.clone();
+            async move { store.close().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(paused);
+
+        tokio::time::timeout(Duration::from_secs(5), closing)
+            .await
+            .expect("closing the store did not finish")
+            .unwrap();
+        for task in tasks {
+            let outcome = task.await.unwrap().unwrap();
+            assert!(matches!(outcome.recorded, Recorded::Stored { .. }), "{outcome:?}");
+        }
+        let error = record(&store, &result("night", 5, "{}".to_string()))
+            .await
+            .expect_err("a delivery after closing was accepted");
+        assert_eq!(error.kind(), "writer stopped");
+    }
+
+    #[tokio::test]
+    async fn held_writer_times_out_queued_deliveries() {
+        let folder = tempfile::tempdir().unwrap();
+        let store = open_store(&folder).await;
+        let deliveries: Vec<Delivery> = (0..3)
+            .map(|seq_num| result("night", seq_num, format!(r#"{{"seq_num":{seq_num}}}"#)))
+            .collect();
+
+        let paused = store.writer.pause().await;
+        let started = Instant::now();
+        for task in spawn_records(&store, &deliveries) {
+            let error = task
+                .await
+                .unwrap()
+                .expect_err("a delivery was stored while the writer was held");
+            assert_eq!(error.kind(), "write queue timed out", "{error}");
+        }
+        let waited = started.elapsed();
+        assert!(waited >= WRITE_QUEUE_TIMEOUT, "timed out early, after {waited:?}");
+        assert!(
+            waited < WRITE_QUEUE_TIMEOUT + Duration::from_millis(500),
+            "timed out late, after {waited:?}"
+        );
+        drop(paused);
+
+        // A delivery that timed out is never stored afterwards.
+        let committed = record(&store, &result("night", 3, "{}".to_string())).await.unwrap();
+        assert!(matches!(committed.recorded, Recorded::Stored { .. }), "{committed:?}");
+        assert_eq!(store.event_count().await.unwrap(), 1);
         store.close().await;
     }
 }
