@@ -154,9 +154,21 @@ impl Default for Limits {
     }
 }
 
-/// State shared by every handler: cheap to clone, all `Arc`s inside.
+/// State shared by every handler. Handlers clone it for every request, so
+/// it is one `Arc`: a clone is one reference count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<SharedState>);
+
+impl std::ops::Deref for AppState {
+    type Target = SharedState;
+
+    fn deref(&self) -> &SharedState {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+pub struct SharedState {
     pub store: Store,
     pub rooms: Arc<Rooms>,
     pub api_keys: Arc<Vec<String>>,
@@ -203,6 +215,26 @@ impl AppState {
             AppError::Token(error)
         })
     }
+}
+
+/// Connections the kernel may hold complete but not yet accepted. When
+/// thousands of viewers reconnect at once, as after a network outage, a
+/// short queue drops their handshakes and each browser waits a second or
+/// more to try again. Linux caps it at `net.core.somaxconn` (4096 by
+/// default); tokio's own default is 1024.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener on `address` with [`LISTEN_BACKLOG`], reusing the
+/// address as tokio's own `TcpListener::bind` does.
+pub fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Builds the router with every route and layer.
@@ -320,7 +352,7 @@ impl RunningServer {
         let metrics = Arc::new(Metrics::new());
         let shutdown = CancellationToken::new();
         let revocations = watch_revocations(store.clone(), shutdown.clone()).await?;
-        let state = AppState {
+        let state = AppState(Arc::new(SharedState {
             rooms: Arc::new(Rooms::new(store.clone(), config.stage_model)),
             store,
             api_keys: Arc::new(config.api_keys),
@@ -336,7 +368,7 @@ impl RunningServer {
             access: Arc::new(config.access),
             webhook_guard: Arc::new(webhook_guard),
             revocations,
-        };
+        }));
         let addr = listener.local_addr().map_err(sqlx::Error::Io)?;
         let app = router(state.clone(), config.static_dir);
         let stop_accepting = CancellationToken::new();

@@ -3,7 +3,6 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 use sleep_dashboard::app::{RunningServer, ServerConfig};
@@ -78,8 +77,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         access,
     };
 
-    let listener = TcpListener::bind(args.listen)
-        .await
+    let listener = sleep_dashboard::app::listen(args.listen)
         .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
     let mut server = RunningServer::start_with_webhook_guard(config, webhook_guard, listener)
         .await

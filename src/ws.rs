@@ -23,6 +23,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
@@ -63,9 +64,11 @@ pub const MAX_CLIENT_MESSAGE_BYTES: usize = 4 * 1024;
 const MAX_BUFFERED_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// Initial capacity of each socket's read buffer. Clients send only control
-/// frames of at most 125 bytes, so the library's 128 KiB default would
-/// reserve memory that is never used, for every open socket.
-const READ_BUFFER_BYTES: usize = 8 * 1024;
+/// frames of at most 131 bytes with their headers, so the library's 128 KiB
+/// default would reserve memory that is never used, for every open socket.
+/// The buffer grows when a larger frame arrives, up to
+/// [`MAX_BUFFERED_MESSAGE_BYTES`].
+const READ_BUFFER_BYTES: usize = 512;
 
 /// Maximum wait for a close frame to be written. It is a few bytes, so it
 /// fits unless the client stopped reading altogether.
@@ -259,10 +262,22 @@ async fn relay(state: &AppState, user_id: &str, access: &Access, socket: &mut We
 
     let mut revocations = state.revocations.clone();
     revocations.mark_unchanged();
+    // These two futures wait on notifiers that every socket of the server
+    // shares, and each new one takes that notifier's lock to register. They
+    // are created once rather than once per message, so a room of thousands
+    // does not queue on those locks at every update.
+    let revocation_changes = futures_util::stream::unfold(revocations, |mut revocations| async move {
+        revocations.changed().await.ok()?;
+        Some(((), revocations))
+    })
+    .fuse();
+    tokio::pin!(revocation_changes);
+    let shutting_down = state.shutdown.cancelled();
+    tokio::pin!(shutting_down);
 
     loop {
         let outgoing = tokio::select! {
-            Ok(()) = revocations.changed() => {
+            Some(()) = revocation_changes.next() => {
                 if revoked(state, user_id, access).await {
                     return Ending::Close {
                         reason: CloseReason::Expired,
@@ -315,7 +330,7 @@ async fn relay(state: &AppState, user_id: &str, access: &Access, socket: &mut We
                 code: close_code::POLICY,
                 message: "viewer link expired; open a new link",
             },
-            () = state.shutdown.cancelled() => return Ending::Close {
+            () = &mut shutting_down => return Ending::Close {
                 reason: CloseReason::Shutdown,
                 code: close_code::AWAY,
                 message: "server restarting; reconnect",

@@ -228,7 +228,7 @@ impl Night {
 
 /// Binds the listener, explaining what to do when the port is taken.
 async fn bind(listen: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(listen).await.map_err(|error| {
+    crate::app::listen(listen).map_err(|error| {
         if error.kind() == ErrorKind::AddrInUse {
             let any_port = SocketAddr::new(listen.ip(), 0);
             format!(

@@ -35,7 +35,7 @@ use crate::payload::check_id;
 
 pub use error::PageError;
 pub use export::{epochs_csv_path, night_json_path, nights_csv_path};
-pub use session::SessionDocument;
+pub use session::{SessionDocument, render_report_page};
 
 /// Scripts and styles come only from `/static`, never inline, and the
 /// socket and the JSON API are same-origin. Browsers that implement CSP

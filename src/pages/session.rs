@@ -227,8 +227,14 @@ pub async fn page(
     viewer: ViewerToken,
 ) -> Result<Html<String>, PageError> {
     let document = load(&state, &user_id, &session_id, viewer.token(&user_id)).await?;
-    let page = ReportPage::new(&document);
-    Ok(Html(page.render().map_err(render_failed)?))
+    Ok(Html(render_report_page(&document).map_err(render_failed)?))
+}
+
+/// Renders the HTML of a session's report page, hypnogram included: the
+/// body [`page`] serves. Public so that `benches/report_page.rs` can time
+/// the render without a server or a database.
+pub fn render_report_page(document: &SessionDocument) -> askama::Result<String> {
+    ReportPage::new(document).render()
 }
 
 impl ReportPage {
