@@ -28,8 +28,12 @@ use target::{Kind, Running, Target};
 #[derive(Debug, Parser)]
 #[command(name = "bench")]
 struct Args {
-    /// Our release binary.
-    #[arg(long, default_value = "target/release/sleep-dashboard")]
+    /// Our release binary; `bench/run` passes the one it built.
+    #[arg(
+        long,
+        env = "SLEEP_DASHBOARD_BENCH_SERVER",
+        default_value = "target/release/sleep-dashboard"
+    )]
     server: PathBuf,
 
     /// Also measure the peers in --peers-dir: flask, express, and limit (the
@@ -52,12 +56,12 @@ struct Args {
     scenarios: Vec<Scenario>,
 
     /// Runs of each scenario against each target; figures are medians.
-    #[arg(long, default_value_t = 3)]
-    runs: usize,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    runs: u16,
 
     /// Seconds of load in each timed scenario, instead of the default 10
-    /// (ingest) and 20 (fan-out).
-    #[arg(long)]
+    /// (ingest and each slow-reader phase) and 20 (fan-out and big room).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     seconds: Option<u64>,
 
     /// A run of seconds, not minutes: every scenario at a tiny size, once,
@@ -65,9 +69,10 @@ struct Args {
     #[arg(long)]
     smoke: bool,
 
-    /// Where results.md and results.json are written.
-    #[arg(long, default_value = "target/bench")]
-    out: PathBuf,
+    /// Where results.md and results.json are written: target/bench by
+    /// default, target/bench/smoke for a smoke run.
+    #[arg(long)]
+    out: Option<PathBuf>,
 
     /// First port to start servers on; each start takes the next one.
     #[arg(long, default_value_t = 18400)]
@@ -176,12 +181,16 @@ impl Sizes {
 }
 
 fn parse_peer(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((name, command)) if !name.is_empty() && !command.trim().is_empty() => {
-            Ok((name.to_string(), command.to_string()))
-        }
-        _ => Err(format!("expected NAME=COMMAND, got {text:?}")),
+    let Some((name, command)) = text.split_once('=') else {
+        return Err(format!("expected NAME=COMMAND, got {text:?} without '='"));
+    };
+    if name.is_empty() {
+        return Err(format!("the peer's NAME before '=' is empty in {text:?}"));
     }
+    if command.trim().is_empty() {
+        return Err(format!("the COMMAND after '=' is empty in {text:?}"));
+    }
+    Ok((name.to_string(), command.to_string()))
 }
 
 #[tokio::main]
@@ -202,7 +211,14 @@ async fn main() -> Result<()> {
     } else {
         args.scenarios.clone()
     };
-    let runs = if args.smoke { 1 } else { args.runs.max(1) };
+    let runs = if args.smoke { 1 } else { usize::from(args.runs) };
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from(if args.smoke {
+            "target/bench/smoke"
+        } else {
+            "target/bench"
+        })
+    });
     let sizes = Sizes::new(args.smoke, args.seconds);
     let targets = targets(&args)?;
     let work = std::env::temp_dir().join(format!("sleep-dashboard-bench-{}", std::process::id()));
@@ -211,6 +227,7 @@ async fn main() -> Result<()> {
         port: args.base_port,
         work: work.clone(),
         series: Vec::new(),
+        failed_starts: false,
     };
     for scenario in scenarios {
         if scenario == Scenario::ReportPage {
@@ -228,7 +245,14 @@ async fn main() -> Result<()> {
             }
         }
     }
-    let _ = std::fs::remove_dir_all(&work);
+    if bench.failed_starts {
+        eprintln!(
+            "the logs of servers that failed to start are kept in {}",
+            work.display()
+        );
+    } else {
+        let _ = std::fs::remove_dir_all(&work);
+    }
 
     let setting = Setting {
         command: command_line,
@@ -239,12 +263,12 @@ async fn main() -> Result<()> {
         runs,
     };
     let table = report::markdown(&setting, &bench.series);
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    std::fs::write(args.out.join("results.md"), &table)?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::write(out.join("results.md"), &table)?;
     let json = serde_json::json!({ "setting": setting, "series": bench.series });
-    std::fs::write(args.out.join("results.json"), serde_json::to_string_pretty(&json)?)?;
+    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&json)?)?;
     println!("{table}");
-    eprintln!("written to {}", args.out.join("results.md").display());
+    eprintln!("written to {}", out.join("results.md").display());
     Ok(())
 }
 
@@ -318,6 +342,8 @@ struct Bench {
     port: u16,
     work: PathBuf,
     series: Vec<Series>,
+    /// Whether a server failed to start, whose log must then outlive the run.
+    failed_starts: bool,
 }
 
 impl Bench {
@@ -379,7 +405,13 @@ impl Bench {
         let folder = self
             .work
             .join(format!("{}-{}", self.port, target.name.replace([' ', ',', '='], "-")));
-        let running: Running = target.start(self.port, &folder, sockets).await?;
+        let running: Running = match target.start(self.port, &folder, sockets).await {
+            Ok(running) => running,
+            Err(error) => {
+                self.failed_starts = true;
+                return Err(error);
+            }
+        };
         let figures = match scenario {
             Scenario::Ingest => ingest::run(&running, sizes.ingest).await,
             Scenario::FanOut => sockets::fan_out(&running, "fanout", sizes.fan_out).await,
@@ -406,6 +438,8 @@ fn report_page(smoke: bool) -> Result<Series> {
     if smoke {
         command.arg("--test");
     }
+    // The results table alone goes to standard output.
+    command.stdout(std::io::stderr());
     let begun = Instant::now();
     let status = command.status().context("running cargo bench")?;
     if !status.success() {

@@ -127,10 +127,14 @@ pub fn markdown(setting: &Setting, series: &[Series]) -> String {
     let _ = writeln!(out, "- Date: {}", setting.date);
     let _ = writeln!(out, "- CPU: {} ({} cores)", setting.cpu, setting.cores);
     let _ = writeln!(out, "- Commit: {}", setting.commit);
+    let runs = if setting.runs == 1 {
+        "1 run".to_string()
+    } else {
+        format!("{} runs", setting.runs)
+    };
     let _ = writeln!(
         out,
-        "- Each figure is the median of {} runs, with min–max; ratio = ours / peer, medians of the same run.",
-        setting.runs
+        "- Each figure is the median of {runs}, with min–max; ratio = ours / peer, medians of the same run."
     );
 
     let mut scenarios: Vec<&str> = Vec::new();
@@ -160,7 +164,8 @@ pub fn markdown(setting: &Setting, series: &[Series]) -> String {
                     ours_summaries
                         .iter()
                         .find(|figure| figure.name == summary.name)
-                        .filter(|_| summary.median != 0.0)
+                        // A ratio of two changes in percent means nothing.
+                        .filter(|_| summary.median != 0.0 && !summary.name.ends_with('%'))
                         .map(|figure| format!("{:.2}", figure.median / summary.median))
                         .unwrap_or_default()
                 };
@@ -189,7 +194,7 @@ pub fn markdown(setting: &Setting, series: &[Series]) -> String {
 fn number(value: f64) -> String {
     if value.is_nan() {
         "n/a".to_string()
-    } else if value.abs() >= 100.0 {
+    } else if value.fract() == 0.0 || value.abs() >= 100.0 {
         format!("{value:.0}")
     } else if value.abs() >= 10.0 {
         format!("{value:.1}")
