@@ -124,8 +124,8 @@ pub enum StorageError {
     WriterStopped,
     #[error("creating the database file failed: {0}")]
     CreateFile(std::io::Error),
-    #[error("starting the database writer thread failed: {0}")]
-    StartWriter(std::io::Error),
+    #[error("starting a database thread (writer or checkpoint) failed: {0}")]
+    StartThread(std::io::Error),
     #[error("stored event {id} holds invalid JSON: {source}")]
     Corrupt { id: i64, source: serde_json::Error },
     /// The failure of a transaction that contained several deliveries,
@@ -157,7 +157,7 @@ impl StorageError {
             StorageError::Write(_) => "database error".to_string(),
             StorageError::QueueTimedOut => "write queue timed out".to_string(),
             StorageError::WriterStopped => "writer stopped".to_string(),
-            StorageError::CreateFile(error) | StorageError::StartWriter(error) => {
+            StorageError::CreateFile(error) | StorageError::StartThread(error) => {
                 format!("I/O error {:?}", error.kind())
             }
             StorageError::Corrupt { .. } => "corrupt event".to_string(),
@@ -896,6 +896,35 @@ mod tests {
         let committed = record(&store, &result("night", 3, "{}".to_string())).await.unwrap();
         assert!(matches!(committed.recorded, Recorded::Stored { .. }), "{committed:?}");
         assert_eq!(store.event_count().await.unwrap(), 1);
+        store.close().await;
+    }
+
+    /// Automatic checkpoints are off on the write connection, so only the
+    /// checkpoint thread moves committed pages from the log into the file.
+    #[tokio::test]
+    async fn checkpoint_thread_copies_the_log() {
+        let folder = tempfile::tempdir().unwrap();
+        let store = open_store(&folder).await;
+        let database = folder.path().join("batch.db");
+        let size = || std::fs::metadata(&database).unwrap().len();
+
+        // Large bodies, so the pages they fill outgrow the empty schema.
+        let before = size();
+        for seq_num in 0..50 {
+            let delivery = result("night", seq_num, "x".repeat(4096));
+            record(&store, &delivery).await.unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while size() < before + 50 * 4096 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        assert!(
+            size() >= before + 50 * 4096,
+            "the database file stayed at {} bytes (was {before}): nothing was checkpointed",
+            size()
+        );
+        assert_eq!(store.event_count().await.unwrap(), 50);
         store.close().await;
     }
 }

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 
 use crate::target::API_KEY;
 
-/// Longest wait for one answer; a slower one counts as an error.
+/// Maximum wait for one response; a slower one counts as an error.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Epochs in each delivery, as in the peers' own load script.
@@ -52,7 +52,7 @@ impl WebhookConnection {
     }
 
     /// Posts one delivery for `user_id` and returns the status once the
-    /// whole answer has arrived.
+    /// whole response has arrived.
     pub async fn post(&mut self, user_id: &str, body: String) -> Result<StatusCode> {
         let request = Request::post("/asleep-webhook")
             .header(hyper::header::HOST, &self.host)
@@ -69,13 +69,13 @@ impl WebhookConnection {
         };
         tokio::time::timeout(ANSWER_TIMEOUT, exchange)
             .await
-            .context("no answer within 10 s")?
+            .context("no response within 10 s")?
     }
 }
 
-/// Whether anything answers HTTP on `port`: a rejected empty delivery is
+/// Returns whether anything responds to HTTP on `port`: a rejected empty delivery is
 /// enough to show the server is up.
-pub async fn answers(port: u16) -> bool {
+pub async fn responds(port: u16) -> bool {
     let attempt = async {
         let mut connection = WebhookConnection::open(port).await?;
         connection.post("probe", String::new()).await
@@ -102,7 +102,7 @@ impl DeliveryWriter {
         }
     }
 
-    /// The next delivery for `user_id`.
+    /// Returns the next delivery for `user_id`.
     pub fn next(&mut self, user_id: &str) -> String {
         let session = self.sent / DELIVERIES_PER_SESSION;
         let seq_num = EPOCHS_PER_DELIVERY * (self.sent % DELIVERIES_PER_SESSION + 1) - 1;
@@ -111,7 +111,7 @@ impl DeliveryWriter {
         self.body(user_id, &session_id, seq_num)
     }
 
-    /// A delivery of `user_id`'s session `session_id` ending at epoch
+    /// Returns a delivery of `user_id`'s session `session_id` ending at epoch
     /// `seq_num`, with a sleep-like stage walk and random snoring.
     pub fn body(&mut self, user_id: &str, session_id: &str, seq_num: u32) -> String {
         let mut stage: i32 = self.rng.random_range(0..4);

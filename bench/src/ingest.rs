@@ -1,6 +1,6 @@
 //! The ingest scenarios: distinct `INFERENCE_COMPLETE` deliveries from a
 //! fixed number of kept-alive connections, either as fast as the server
-//! answers or at a fixed rate.
+//! responds or at a fixed rate.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,31 +11,31 @@ use hdrhistogram::Histogram;
 
 use crate::http::{DeliveryWriter, WebhookConnection};
 use crate::report::Figures;
-use crate::target::{Running, own_cpu_seconds};
+use crate::target::{CpuMeter, Running};
 
 /// Users the deliveries rotate over, as in the peers' load script.
 pub const USERS: usize = 100;
 
-/// The user of a delivery, shared with the scenarios that subscribe to
+/// Returns the user of a delivery, shared with the scenarios that subscribe to
 /// these users.
 pub fn user_id(index: usize) -> String {
     format!("bench-user-{}", index % USERS)
 }
 
-/// How a run sends.
+/// The shape of an ingest run's load.
 #[derive(Debug, Clone, Copy)]
 pub struct Load {
     pub connections: usize,
     pub duration: Duration,
     /// Deliveries per second over all connections; `None` sends each as
-    /// soon as the previous answer arrived.
+    /// soon as the previous response arrived.
     pub rate: Option<f64>,
 }
 
-/// What one connection counted.
+/// The counts of one connection.
 struct Tally {
     accepted: u64,
-    refused: u64,
+    rejected: u64,
     failed: u64,
     latency_us: Histogram<u64>,
 }
@@ -49,8 +49,7 @@ struct Tally {
 pub async fn run(running: &Running, load: Load) -> Result<Figures> {
     let port = running.port;
     let stop = Arc::new(AtomicBool::new(false));
-    let cpu_before = running.cpu_seconds();
-    let own_cpu_before = own_cpu_seconds();
+    let cpu = CpuMeter::start(running);
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(load.connections);
     for index in 0..load.connections {
@@ -62,27 +61,26 @@ pub async fn run(running: &Running, load: Load) -> Result<Figures> {
     stop.store(true, Ordering::Relaxed);
 
     let mut accepted = 0;
-    let mut refused = 0;
+    let mut rejected = 0;
     let mut failed = 0;
     let mut latency_us = new_histogram();
     for task in tasks {
         let tally = task.await?;
         accepted += tally.accepted;
-        refused += tally.refused;
+        rejected += tally.rejected;
         failed += tally.failed;
         latency_us.add(&tally.latency_us)?;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let server_cpu = running.cpu_seconds() - cpu_before;
-    let own_cpu = own_cpu_seconds() - own_cpu_before;
-    let answered = (accepted + refused).max(1) as f64;
+    let (server_cpu, own_cpu) = cpu.used(running);
+    let responded = (accepted + rejected).max(1) as f64;
     let mut figures = Figures::default();
     figures.push("accepted/s", accepted as f64 / seconds, true);
     figures.push_latency("latency", &latency_us);
-    figures.push("non-2xx", refused as f64, false);
+    figures.push("non-2xx", rejected as f64, false);
     figures.push("errors", failed as f64, false);
-    figures.push("server CPU µs per request", server_cpu * 1e6 / answered, false);
-    figures.push("load generator CPU µs per request", own_cpu * 1e6 / answered, false);
+    figures.push("server CPU µs per request", server_cpu * 1e6 / responded, false);
+    figures.push("load generator CPU µs per request", own_cpu * 1e6 / responded, false);
     Ok(figures)
 }
 
@@ -96,7 +94,7 @@ async fn send_from(
     let mut writer = DeliveryWriter::new(format!("ingest-{index}-{}", rand::random::<u32>()), index as u64);
     let mut tally = Tally {
         accepted: 0,
-        refused: 0,
+        rejected: 0,
         failed: 0,
         latency_us: new_histogram(),
     };
@@ -124,7 +122,7 @@ async fn send_from(
         let body = writer.next(&user);
         match connection.post(&user, body).await {
             Ok(status) if status.is_success() => tally.accepted += 1,
-            Ok(_) => tally.refused += 1,
+            Ok(_) => tally.rejected += 1,
             Err(_) => {
                 tally.failed += 1;
                 // The connection may be gone; the next delivery needs a new one.
@@ -142,7 +140,7 @@ async fn send_from(
     tally
 }
 
-/// A histogram of microseconds up to an hour, at three significant digits.
+/// Returns a histogram of microseconds up to an hour, at three significant digits.
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }

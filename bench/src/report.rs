@@ -10,7 +10,7 @@ use serde::Serialize;
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Figures {
     pub values: Vec<Figure>,
-    /// What went wrong or is worth knowing about the run, in words.
+    /// Remarks in words: failures and anything else worth knowing about the run.
     pub notes: Vec<String>,
 }
 
@@ -44,7 +44,8 @@ impl Figures {
         self.push(&format!("{name} max ms"), histogram.max() as f64 / 1000.0, false);
     }
 
-    fn get(&self, name: &str) -> Option<&Figure> {
+    /// Returns the figure named `name`, if the run has one.
+    pub fn get(&self, name: &str) -> Option<&Figure> {
         self.values.iter().find(|figure| figure.name == name)
     }
 }
@@ -56,7 +57,7 @@ pub struct Series {
     pub target: String,
     pub ours: bool,
     pub runs: Vec<Figures>,
-    /// Why the target could not run the scenario, if it could not.
+    /// The reason the target could not run the scenario, if it could not.
     pub skipped: Option<String>,
 }
 
@@ -99,7 +100,7 @@ impl Series {
     }
 }
 
-/// The median of sorted values; the mean of the middle two for an even count.
+/// Returns the median of sorted values; the mean of the middle two for an even count.
 fn median(sorted: &[f64]) -> f64 {
     match sorted.len() {
         0 => f64::NAN,
@@ -108,7 +109,7 @@ fn median(sorted: &[f64]) -> f64 {
     }
 }
 
-/// Where and when the results were measured.
+/// The machine, commit, date and command of a measurement.
 #[derive(Debug, Clone, Serialize)]
 pub struct Setting {
     pub command: String,

@@ -17,21 +17,21 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::http::{DeliveryWriter, WebhookConnection};
 use crate::ingest::{self, Load, new_histogram};
 use crate::report::Figures;
-use crate::target::{Running, own_cpu_seconds};
+use crate::target::{CpuMeter, Running};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Longest wait for a handshake and, on our server, the snapshot after it.
+/// Maximum wait for a handshake and, on our server, the snapshot after it.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Longest time for all subscribers of a run to join; the rest count as
+/// Maximum time for all subscribers of a run to join; the rest count as
 /// failed, so a server that cannot hold them all does not stall the run.
 const JOINING_LIMIT: Duration = Duration::from_secs(60);
 
 /// Handshakes in flight at once while subscribers connect.
 const CONNECTING_AT_ONCE: usize = 256;
 
-/// Longest wait, after the last webhook, for its messages to arrive.
+/// Maximum wait, after the last webhook, for its messages to arrive.
 const DELIVERY_GRACE: Duration = Duration::from_secs(5);
 
 /// Initial read buffer of each client socket. tungstenite zero-fills the
@@ -51,7 +51,7 @@ async fn connect(url: &str) -> Result<Socket> {
 /// by one of them, so a room's webhooks arrive in the order they were sent.
 const SENDERS: usize = 16;
 
-/// The user whose room is `room`, in a scenario's own name space.
+/// Returns the user whose room is `room`, in a scenario's own name space.
 fn room_user(scenario: &str, room: usize) -> String {
     format!("{scenario}-user-{room}")
 }
@@ -138,7 +138,7 @@ async fn read_until(mut socket: Socket, mut stop: watch::Receiver<bool>, arrived
     times
 }
 
-/// How a fan-out run is shaped.
+/// The shape of a fan-out run.
 #[derive(Debug, Clone, Copy)]
 pub struct FanOut {
     pub subscribers: usize,
@@ -171,8 +171,7 @@ pub async fn fan_out(running: &Running, scenario: &str, plan: FanOut) -> Result<
     }
 
     let webhooks = ((plan.rate * plan.duration.as_secs_f64()).round() as usize).max(1);
-    let cpu_before = running.cpu_seconds();
-    let own_cpu_before = own_cpu_seconds();
+    let cpu = CpuMeter::start(running);
     let started = Instant::now();
     let mut senders = Vec::new();
     for sender in 0..SENDERS.min(plan.rooms) {
@@ -188,14 +187,14 @@ pub async fn fan_out(running: &Running, scenario: &str, plan: FanOut) -> Result<
     }
     let mut sent: Vec<Vec<Instant>> = vec![Vec::new(); plan.rooms];
     let mut post_latency = new_histogram();
-    let mut refused = 0;
+    let mut rejected = 0;
     for sender in senders {
         let outcome = sender.await??;
         for (room, times) in outcome.sent {
             sent[room] = times;
         }
         post_latency.add(&outcome.latency_us)?;
-        refused += outcome.refused;
+        rejected += outcome.rejected;
     }
 
     let expected: u64 = sent
@@ -207,8 +206,7 @@ pub async fn fan_out(running: &Running, scenario: &str, plan: FanOut) -> Result<
     while arrived.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let server_cpu = running.cpu_seconds() - cpu_before;
-    let client_cpu = own_cpu_seconds() - own_cpu_before;
+    let (server_cpu, client_cpu) = cpu.used(running);
     let _ = stop.send(true);
 
     let mut latency = new_histogram();
@@ -241,18 +239,20 @@ pub async fn fan_out(running: &Running, scenario: &str, plan: FanOut) -> Result<
             .notes
             .push(format!("{failed} of {} subscribers could not join", plan.subscribers));
     }
-    if refused > 0 {
-        figures.notes.push(format!("{refused} webhooks were not answered 2xx"));
+    if rejected > 0 {
+        figures
+            .notes
+            .push(format!("{rejected} webhooks got a response other than 2xx"));
     }
     Ok(figures)
 }
 
-/// What one fan-out sender did.
+/// The record of one fan-out sender.
 struct Sent {
     /// Per room it served, when each webhook was about to be written.
     sent: Vec<(usize, Vec<Instant>)>,
     latency_us: hdrhistogram::Histogram<u64>,
-    refused: u64,
+    rejected: u64,
 }
 
 /// Posts webhook `index` to room `index % rooms` at `started + index / rate`,
@@ -272,7 +272,7 @@ async fn send_round_rooms(
         .map(|room| (room, Vec::new()))
         .collect();
     let mut latency_us = new_histogram();
-    let mut refused = 0;
+    let mut rejected = 0;
     let session = format!("{scenario}-{}", rand::random::<u32>());
     for index in 0..webhooks {
         let room = index % plan.rooms;
@@ -289,14 +289,14 @@ async fn send_round_rooms(
         times.push(before);
         match connection.post(&user, body).await {
             Ok(status) if status.is_success() => {}
-            _ => refused += 1,
+            _ => rejected += 1,
         }
         let _ = latency_us.record(before.elapsed().as_micros() as u64);
     }
     Ok(Sent {
         sent,
         latency_us,
-        refused,
+        rejected,
     })
 }
 
@@ -374,16 +374,14 @@ pub async fn reconnect_storm(running: &Running, count: usize) -> Result<Figures>
         }));
     }
 
-    let cpu_before = running.cpu_seconds();
-    let own_cpu_before = own_cpu_seconds();
+    let cpu = CpuMeter::start(running);
     let _ = drop_all.send(Some(Instant::now()));
     // Every client ends its reconnect within the connect timeout.
     let deadline = Instant::now() + CONNECT_TIMEOUT + Duration::from_secs(1);
     while finished.load(Ordering::Relaxed) < clients.len() as u64 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let server_cpu = running.cpu_seconds() - cpu_before;
-    let client_cpu = own_cpu_seconds() - own_cpu_before;
+    let (server_cpu, client_cpu) = cpu.used(running);
     let _ = stop.send(true);
     let mut times = new_histogram();
     let mut errors = 0;
@@ -429,13 +427,7 @@ pub async fn slow_readers(running: &Running, stalled: usize, load: Load) -> Resu
     let beside = ingest::run(running, load).await?;
     drop(sockets);
 
-    let p99 = |figures: &Figures| {
-        figures
-            .values
-            .iter()
-            .find(|figure| figure.name == "latency p99 ms")
-            .map_or(f64::NAN, |figure| figure.value)
-    };
+    let p99 = |figures: &Figures| figures.get("latency p99 ms").map_or(f64::NAN, |figure| figure.value);
     let mut figures = Figures::default();
     figures.push("p99 alone ms", p99(&alone), false);
     figures.push("p99 beside stalled readers ms", p99(&beside), false);

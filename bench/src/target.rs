@@ -16,7 +16,7 @@ use sleep_dashboard::auth::ViewerKeys;
 /// The key every target expects in `x-api-key`.
 pub const API_KEY: &str = "bench-api-key";
 
-/// How long a started server may take to answer its first request.
+/// Maximum time a started server may take to respond to its first request.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a server may take to exit after SIGTERM before it gets SIGKILL.
@@ -28,7 +28,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 const OURS_MAX_PER_USER: usize = 20_000;
 const OURS_MAX_TOTAL: usize = 40_000;
 
-/// What a target is.
+/// The kind of a target: our server or a peer.
 #[derive(Debug, Clone)]
 pub enum Kind {
     /// sleep-dashboard's release binary at the given durability.
@@ -51,7 +51,7 @@ impl Target {
         matches!(self.kind, Kind::Ours { .. })
     }
 
-    /// Whether the target serves the WebSocket feed; the bare server does not.
+    /// Returns whether the target serves the WebSocket feed; the bare server does not.
     pub fn has_websockets(&self) -> bool {
         match self.kind {
             Kind::Ours { .. } => true,
@@ -60,7 +60,7 @@ impl Target {
     }
 
     /// Starts the target on `port` with a fresh database in `folder`, and
-    /// waits until it answers. `sockets` is the number of WebSocket clients
+    /// waits until it responds. `sockets` is the number of WebSocket clients
     /// the run will open, which sizes a thread-per-socket peer.
     pub async fn start(&self, port: u16, folder: &Path, sockets: usize) -> Result<Running> {
         std::fs::create_dir_all(folder).with_context(|| format!("creating {}", folder.display()))?;
@@ -90,7 +90,7 @@ impl Target {
                     .env("HOST", "127.0.0.1")
                     .env("DB_PATH", folder.join("peer.db"))
                     .env("ASLEEP_API_KEY", API_KEY);
-                // gunicorn's gthread worker holds one thread per open socket;
+                // gunicorn's gthread worker keeps one thread per open socket;
                 // size it to the run so the peer can hold every client.
                 if sockets > 0 {
                     command.env("GUNICORN_THREADS", (sockets + 200).to_string());
@@ -111,7 +111,7 @@ impl Target {
             viewer_keys: self.is_ours().then(|| ViewerKeys::new(&secret)),
             log_path,
         };
-        running.wait_until_answering().await?;
+        running.wait_until_responding().await?;
         Ok(running)
     }
 }
@@ -132,7 +132,7 @@ impl Running {
         self.child.as_ref().map_or(0, Child::id)
     }
 
-    /// The WebSocket address of `user_id`'s feed.
+    /// Returns the WebSocket address of `user_id`'s feed.
     pub fn feed_url(&self, user_id: &str) -> String {
         match &self.viewer_keys {
             Some(keys) => {
@@ -144,7 +144,7 @@ impl Running {
         }
     }
 
-    /// Whether a new subscriber's first message is a snapshot of the night
+    /// Returns whether a new subscriber's first message is a snapshot of the night
     /// (our server) rather than the first update (peers).
     pub fn sends_snapshot_first(&self) -> bool {
         self.viewer_keys.is_some()
@@ -173,24 +173,24 @@ impl Running {
         total
     }
 
-    async fn wait_until_answering(&mut self) -> Result<()> {
+    async fn wait_until_responding(&mut self) -> Result<()> {
         let started = Instant::now();
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?
             {
                 bail!(
-                    "{} exited with {status} before answering; see {}",
+                    "{} exited with {status} before responding; see {}",
                     self.name,
                     self.log_path.display()
                 );
             }
-            if crate::http::answers(self.port).await {
+            if crate::http::responds(self.port).await {
                 return Ok(());
             }
             if started.elapsed() > START_TIMEOUT {
                 bail!(
-                    "{} did not answer within {START_TIMEOUT:?}; see {}",
+                    "{} did not respond within {START_TIMEOUT:?}; see {}",
                     self.name,
                     self.log_path.display()
                 );
@@ -214,7 +214,7 @@ impl Running {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        // Children of the peer's shell may outlive it; the group holds them.
+        // Children of the peer's shell may outlive it, and the group contains them.
         let _ = killpg(group, Signal::SIGKILL);
         let _ = child.wait();
     }
@@ -239,8 +239,31 @@ fn resident_bytes_of(pid: u32) -> Result<u64> {
 
 /// CPU time this harness has used so far, in seconds: the load generator's
 /// own share of the machine.
-pub fn own_cpu_seconds() -> f64 {
+fn own_cpu_seconds() -> f64 {
     cpu_seconds_of(std::process::id())
+}
+
+/// CPU readings of the server and of the load generator at the start of a
+/// measured interval.
+pub struct CpuMeter {
+    server: f64,
+    generator: f64,
+}
+
+impl CpuMeter {
+    /// Starts measuring the CPU time `running` and this harness use.
+    pub fn start(running: &Running) -> Self {
+        Self {
+            server: running.cpu_seconds(),
+            generator: own_cpu_seconds(),
+        }
+    }
+
+    /// Returns the seconds of CPU the server and the load generator used
+    /// since [`CpuMeter::start`], in that order.
+    pub fn used(&self, running: &Running) -> (f64, f64) {
+        (running.cpu_seconds() - self.server, own_cpu_seconds() - self.generator)
+    }
 }
 
 /// User plus system time of one process from `/proc/PID/stat`, in seconds.

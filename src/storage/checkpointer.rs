@@ -55,7 +55,7 @@ impl Checkpointer {
                 let stop = Arc::clone(&stop);
                 move || run(&connection, &stop)
             })
-            .map_err(StorageError::StartWriter)?;
+            .map_err(StorageError::StartThread)?;
         Ok(Self {
             stop,
             handle: Some(handle),
@@ -74,7 +74,7 @@ impl Drop for Checkpointer {
     }
 }
 
-/// Checkpoints at every interval until told to stop.
+/// Runs a checkpoint at every interval until the [`Checkpointer`] is dropped.
 fn run(connection: &Connection, stop: &(Mutex<bool>, Condvar)) {
     let (stopped, wake) = stop;
     let mut stopped = stopped.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

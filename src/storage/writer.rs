@@ -181,7 +181,7 @@ impl Writer {
                     }
                 }
             })
-            .map_err(StorageError::StartWriter)?;
+            .map_err(StorageError::StartThread)?;
 
         // A thread that panicked while opening drops the sender unanswered.
         let opened = opened.await.unwrap_or(Err(StorageError::WriterStopped));
