@@ -535,3 +535,26 @@ fn commit() -> String {
         hash
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_argument_needs_name_and_command() {
+        assert_eq!(
+            parse_peer("mine=./run.sh --port 1"),
+            Ok(("mine".to_string(), "./run.sh --port 1".to_string()))
+        );
+        assert!(parse_peer("noequals").unwrap_err().contains("without '='"));
+        assert!(parse_peer("=cmd").unwrap_err().contains("NAME"));
+        assert!(parse_peer("name=  ").unwrap_err().contains("COMMAND"));
+    }
+
+    #[test]
+    fn zero_runs_and_seconds_are_rejected() {
+        assert!(Args::try_parse_from(["bench", "--runs", "0"]).is_err());
+        assert!(Args::try_parse_from(["bench", "--seconds", "0"]).is_err());
+        assert!(Args::try_parse_from(["bench", "--runs", "2", "--seconds", "3"]).is_ok());
+    }
+}
